@@ -1,0 +1,1 @@
+"""Video classifiers over stored frame embeddings: models, mixup, training, kNN, metrics."""

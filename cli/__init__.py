@@ -1,0 +1,1 @@
+"""The ``vstore`` command line (click). Thin commands over the library's API."""

@@ -1,0 +1,94 @@
+"""`vstore build` and `vstore import-json`."""
+from __future__ import annotations
+
+import click
+
+from encoders.build import EXIT_SOME_FAILED, FAILURES_NAME, BuildConfig, build_store
+from vstore import StoreConfig
+from vstore.importer import import_json
+from vstore.labels import load_labels
+
+from .options import encoder_options, labels_option, pass_quiet, store_option
+
+
+@click.command("build", epilog=f"""\b
+Examples:
+  vstore build videos/ --store runs/store --labels youtube.csv --frames 100
+  vstore build a.mp4 b.webm --store runs/store --encoder thumbnail --workers 4
+  vstore build videos/ --store runs/store --sampling keyframe   # fast preview
+
+\b
+Exit status: 0 when every video was built (or already there), {EXIT_SOME_FAILED} when some
+failed (listed in STORE/{FAILURES_NAME}), 1 on an error that stopped the build.
+""")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@store_option
+@labels_option
+@click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Frames sampled per video, evenly spaced: frame floor((i+0.5)*total/N).")
+@click.option("--sampling", type=click.Choice(["exact", "keyframe"]), default="exact", show_default=True,
+              help="exact: precisely those frames (decodes from the keyframe before each). "
+                   "keyframe: the keyframes nearest to them (approximate, much faster).")
+@encoder_options
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Decode processes running beside the encoder (0 = decode in-process).")
+@click.option("--timeout", "video_timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Seconds before a stuck decode is killed and its video marked failed.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Embedding storage type of a new store.")
+@click.option("--segment-videos", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Videos per committed segment of a new store (a crash loses at most one).")
+@pass_quiet
+def build_cmd(inputs, store, labels, frames, sampling, encoder_spec, device, batch_size, workers, video_timeout,
+              dtype, segment_videos, quiet):
+    """Sample frames of videos, embed them and add them to a store.
+
+    INPUTS are video files or directories (searched recursively); a video's id is its file
+    stem. Videos already in the store are skipped, so rerunning resumes an interrupted build.
+    """
+    label_map = load_labels(labels) if labels else None
+    config = BuildConfig(frames=frames, sampling=sampling, workers=workers, video_timeout=video_timeout)
+    from encoders.registry import load_encoder
+    encoder = load_encoder(encoder_spec, device=device, batch_size=batch_size)
+    summary = build_store(inputs, store, encoder, labels=label_map, config=config,
+                          store_config=StoreConfig(dtype=dtype, segment_videos=segment_videos),
+                          batch_size=batch_size, progress=not quiet)
+    rate = summary.frames / summary.seconds if summary.seconds else 0.0
+    click.echo(f"built {summary.built}, skipped {summary.skipped} (already in store), failed {summary.failed}"
+               f" - {summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s)")
+    if summary.unlabeled:
+        click.echo(f"{summary.unlabeled} built video(s) have no label in {labels}", err=True)
+    if summary.failed:
+        click.echo(f"{summary.failed} video(s) failed; reasons in {store}/{FAILURES_NAME}", err=True)
+        raise SystemExit(summary.exit_code)
+
+
+@click.command("import-json", epilog="""\b
+Examples:
+  vstore import-json old_embeddings/ --store runs/legacy --labels config.json
+  vstore import-json old_embeddings/ --store runs/legacy --encoder clip:ViT-B/32
+""")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@store_option
+@labels_option
+@click.option("--encoder", "encoder_spec", default=None, metavar="SPEC",
+              help="The encoder that made the vectors (e.g. clip:ViT-B/32), recorded so text "
+                   "search works later. Not loaded.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@pass_quiet
+def import_json_cmd(src, store, labels, encoder_spec, dtype, quiet):
+    """Import the reference study's embeddings (SRC/<id>.json = list of frame vectors)."""
+    from encoders.registry import describe_spec
+    label_map = load_labels(labels) if labels else None
+    identity = describe_spec(encoder_spec) if encoder_spec else None
+    summary = import_json(src, store, labels=label_map, encoder=identity, config=StoreConfig(dtype=dtype),
+                          progress=not quiet)
+    click.echo(f"imported {summary.imported}, skipped {summary.skipped} (already in store), "
+               f"failed {len(summary.failures)}")
+    for path, reason in summary.failures[:10]:
+        click.echo(f"  {reason}", err=True)
+    if summary.failures:
+        raise SystemExit(EXIT_SOME_FAILED)
+
+
+COMMANDS = [build_cmd, import_json_cmd]

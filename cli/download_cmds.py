@@ -1,0 +1,2 @@
+"""Placeholder: commands of this module are being written."""
+COMMANDS: list = []

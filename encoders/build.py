@@ -1,0 +1,282 @@
+"""``vstore build``: videos -> sampled frames -> embeddings -> committed store segments.
+
+Decoding runs in isolated worker processes while this process encodes, so neither waits on
+the other; a video that fails (corrupt, truncated, audio-only, a decoder that hangs or
+crashes) is recorded in ``STORE/failures.csv`` and costs only itself. Videos are committed in
+segments as they finish, so an interrupted build keeps its work and a rerun resumes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from vstore import Store, StoreConfig, StoreWriter, VideoEntry
+from vstore.fsutil import atomic_write_bytes
+from vstore.labels import Labels
+
+from .sampling import SAMPLING_MODES, SampledVideo, find_videos, sample_video
+from .workers import IsolatedPool, TaskFailure, run_inline
+
+if TYPE_CHECKING:  # torch is only needed once an encoder exists
+    from .base import FrameEncoder
+
+log = logging.getLogger(__name__)
+
+FAILURES_NAME = "failures.csv"
+EXIT_SOME_FAILED = 3  # documented exit status of `vstore build` when some videos failed
+
+
+@dataclass
+class BuildConfig:
+    frames: int = 100  # frames sampled per video, evenly spaced (the reference study used 100)
+    sampling: str = "exact"  # exact = those precise frames; keyframe = nearest keyframes (fast, approximate)
+    workers: int = 2  # decode processes; 0 decodes in this process (no crash isolation)
+    video_timeout: float = 600.0  # seconds before a stuck decode is killed and the video failed
+    decode_threads: int = 1  # codec threads per decode process
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.video_timeout <= 0:
+            raise ValueError(f"video_timeout must be > 0, got {self.video_timeout}")
+
+
+@dataclass
+class Failure:
+    id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class BuildSummary:
+    built: int = 0
+    skipped: int = 0  # already in the store
+    failures: list[Failure] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+    unlabeled: int = 0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failures else 0
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    video_id: str
+    path: str
+    frames: int
+    sampling: str
+    size: int
+    threads: int
+
+
+def decode_task(task: DecodeTask) -> SampledVideo:
+    """Runs in a worker process: sample one video at the encoder's input size."""
+    return sample_video(task.path, task.frames, mode=task.sampling, size=task.size,
+                        video_id=task.video_id, threads=task.threads)
+
+
+class FailureLog:
+    """``STORE/failures.csv`` (id, path, reason): appended as failures happen, so a crash keeps
+    them; rewritten at the end with this run's failures plus older ones still unresolved."""
+
+    def __init__(self, store_path: Path):
+        self.path = Path(store_path) / FAILURES_NAME
+        self.old: dict[str, Failure] = {}
+        if self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    if row.get("id"):
+                        self.old[row["id"]] = Failure(row["id"], row.get("path", ""), row.get("reason", ""))
+        self.new: dict[str, Failure] = {}
+
+    def add(self, failure: Failure) -> None:
+        self.new[failure.id] = failure
+        fresh = not self.path.exists()
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            if fresh:
+                w.writerow(["id", "path", "reason"])
+            w.writerow([failure.id, failure.path, failure.reason])
+
+    def finish(self, attempted: set[str], committed: set[str]) -> None:
+        keep = {k: v for k, v in self.old.items() if k not in attempted and k not in committed}
+        keep.update(self.new)
+        if not keep:
+            self.path.unlink(missing_ok=True)
+            return
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["id", "path", "reason"])
+        for f in keep.values():
+            w.writerow([f.id, f.path, f.reason])
+        atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))
+
+
+@dataclass
+class _Pending:
+    task: DecodeTask
+    video: SampledVideo
+    images: np.ndarray  # (M, S, S, 3): the sampled frames, then the key frame if any
+    embeddings: np.ndarray  # (M, D) float32, filled batch by batch
+    filled: int = 0
+
+
+class FrameBatcher:
+    """Packs frames of consecutive videos into full encoder batches, so the encoder never runs
+    a short batch except at the very end; yields videos as their last frame is embedded."""
+
+    def __init__(self, encoder: "FrameEncoder", batch_size: int):
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.parts: list[tuple[_Pending, int, int]] = []  # image ranges not embedded yet
+        self.buffered = 0
+
+    def add(self, task: DecodeTask, video: SampledVideo) -> Iterator[_Pending]:
+        images = video.images
+        if video.key_frame_image is not None:
+            images = np.concatenate([images, video.key_frame_image[None]])
+        p = _Pending(task, video, images, np.empty((len(images), self.encoder.dim), np.float32))
+        self.parts.append((p, 0, len(images)))
+        self.buffered += len(images)
+        while self.buffered >= self.batch_size:
+            yield from self._encode(self.batch_size)
+
+    def flush(self) -> Iterator[_Pending]:
+        while self.buffered:
+            yield from self._encode(min(self.buffered, self.batch_size))
+
+    def _encode(self, n: int) -> Iterator[_Pending]:
+        take, got = [], 0
+        while got < n:
+            p, a, b = self.parts[0]
+            k = min(b - a, n - got)
+            take.append((p, a, a + k))
+            got += k
+            if a + k == b:
+                self.parts.pop(0)
+            else:
+                self.parts[0] = (p, a + k, b)
+        batch = np.concatenate([p.images[a:b] for p, a, b in take])  # (n, S, S, 3)
+        emb = self.encoder.encode_images(batch)  # (n, D)
+        self.buffered -= n
+        pos = 0
+        for p, a, b in take:
+            p.embeddings[a:b] = emb[pos:pos + b - a]
+            pos += b - a
+            p.filled += b - a
+            if p.filled == len(p.images):
+                yield p
+
+
+def _entry(p: _Pending, labels: Optional[Labels]) -> VideoEntry:
+    v = p.video
+    n = len(v.indices)
+    has_key = v.key_frame_image is not None
+    return VideoEntry(
+        id=p.task.video_id, embeddings=p.embeddings[:n], frame_index=v.indices, timestamp=v.timestamps,
+        label=labels.get(p.task.video_id) if labels else None, source=str(Path(p.task.path).resolve()),
+        total_frames=v.total_frames, duration=v.duration, key_frame_index=v.key_frame_index,
+        key_frame_time=v.key_frame_time, key_frame_image=v.key_frame_image if has_key else None,
+        key_frame_embedding=p.embeddings[n] if has_key else None,
+    )
+
+
+def plan_videos(inputs: Sequence[str | Path]) -> tuple[list[tuple[str, Path]], list[Failure]]:
+    """(id, path) of each video (id = file stem) and failures for clashing ids."""
+    seen: dict[str, Path] = {}
+    clashes: list[Failure] = []
+    for path in find_videos(list(inputs)):
+        vid = path.stem
+        if vid in seen:
+            clashes.append(Failure(vid, str(path), f"duplicate video id {vid!r}: also {seen[vid]}; rename one"))
+            continue
+        seen[vid] = path
+    return list(seen.items()), clashes
+
+
+def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "FrameEncoder",
+                labels: Optional[Labels] = None, config: Optional[BuildConfig] = None,
+                store_config: Optional[StoreConfig] = None, batch_size: Optional[int] = None,
+                progress: bool = True) -> BuildSummary:
+    """Build (or resume, or extend) the store at ``store_path`` from video files."""
+    config = config or BuildConfig()
+    store_path = Path(store_path)
+    t0 = time.monotonic()
+    videos, clashes = plan_videos(inputs)
+    Store.open_or_create(store_path, store_config).close()
+    build_info = {**asdict(config), "encoder": encoder.name}
+    summary = BuildSummary()
+    failures = FailureLog(store_path)
+    with StoreWriter(store_path, encoder.identity, build_info=build_info) as writer:
+        todo = [(vid, path) for vid, path in videos if vid not in writer]
+        summary.skipped = len(videos) - len(todo)
+        for f in clashes:
+            failures.add(f)
+            summary.failures.append(f)
+        if labels:
+            missing = sum(1 for vid, _ in todo if labels.get(vid) is None)
+            if missing:
+                log.warning("%d of %d videos to build have no label in %s", missing, len(todo), labels.path)
+        log.info("%d videos found, %d already in %s, %d to build", len(videos), summary.skipped, store_path, len(todo))
+        tasks = [DecodeTask(vid, str(path), config.frames, config.sampling, encoder.input_size, config.decode_threads)
+                 for vid, path in todo]
+        if config.workers == 0:
+            results = run_inline(decode_task, tasks)
+        else:
+            results = IsolatedPool(decode_task, min(config.workers, max(1, len(tasks))),
+                                   timeout=config.video_timeout).imap_unordered(tasks)
+        batcher = FrameBatcher(encoder, batch_size or encoder.batch_size)
+        bar = tqdm(total=len(tasks), unit="video", disable=not progress, dynamic_ncols=True, desc="build")
+
+        def done(p: _Pending) -> None:
+            entry = _entry(p, labels)
+            writer.add(entry)
+            summary.built += 1
+            summary.unlabeled += entry.label is None
+            summary.frames += len(p.video.indices)
+            elapsed = max(time.monotonic() - t0, 1e-9)
+            bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", videos_s=f"{summary.built / elapsed:.2f}",
+                            failed=summary.failed, refresh=False)
+            bar.update(1)
+
+        attempted = {f.id for f in clashes}
+        try:
+            with logging_redirect_tqdm():  # warnings print above the progress bar
+                for task, result in results:
+                    attempted.add(task.video_id)
+                    if isinstance(result, TaskFailure):
+                        f = Failure(task.video_id, task.path, result.reason)
+                        log.warning("failed %s: %s", task.path, result.reason)
+                        failures.add(f)
+                        summary.failures.append(f)
+                        bar.update(1)
+                        continue
+                    for p in batcher.add(task, result):
+                        done(p)
+                for p in batcher.flush():
+                    done(p)
+        finally:
+            bar.close()
+            failures.finish(attempted, writer.committed)
+    summary.seconds = time.monotonic() - t0
+    return summary

@@ -1,0 +1,146 @@
+"""Labels files: the YouTube Videos Dataset CSV, vstore's downloaded.csv, or a JSON mapping.
+
+Accepted forms (the format is detected from the content, not only the extension):
+
+* CSV/TSV with a header holding an id column (``id``, ``link``, ``video_id``, ``video``) and a
+  label column (``category``, ``label``, ``class``). ``link`` may be a full YouTube URL.
+  Quoted multi-line fields (the dataset's descriptions) are fine.
+* JSON ``{"<id>": "<label>", ...}`` (the reference study's config.json) or
+  ``{"<label>": ["<id>", ...], ...}``, optionally under a top-level ``"labels"`` key.
+
+Ids given two different labels are ambiguous: they are left unlabeled and reported.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+from urllib.parse import parse_qs, urlparse
+
+from .errors import LabelsError
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ("id", "video_id", "link", "video", "youtube_id")
+LABEL_COLUMNS = ("category", "label", "class")
+_YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def id_from_link(link: str) -> str:
+    """``https://www.youtube.com/watch?v=abc`` / ``https://youtu.be/abc`` -> ``abc``; ids pass through."""
+    link = link.strip()
+    if "://" not in link:
+        return link
+    u = urlparse(link)
+    if "v" in parse_qs(u.query):
+        return parse_qs(u.query)["v"][0]
+    return Path(u.path).name or link
+
+
+def is_youtube_id(s: str) -> bool:
+    return bool(_YOUTUBE_ID.match(s))
+
+
+@dataclass
+class Labels:
+    mapping: dict[str, str]  # video id -> label
+    path: Path
+    conflicts: dict[str, set[str]] = field(default_factory=dict)  # ambiguous ids (left unlabeled)
+    skipped_rows: list[tuple[int, str]] = field(default_factory=list)  # (line/entry, reason)
+
+    def get(self, video_id: str) -> Optional[str]:
+        return self.mapping.get(video_id)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(set(self.mapping.values()))
+
+    def __len__(self) -> int:
+        return len(self.mapping)
+
+
+def _collect(pairs, path: Path) -> Labels:
+    seen: dict[str, set[str]] = {}
+    skipped: list[tuple[int, str]] = []
+    for where, vid, label in pairs:
+        vid = (vid or "").strip()
+        label = (label or "").strip()
+        if not vid:
+            skipped.append((where, "empty id"))
+            continue
+        if not label:
+            skipped.append((where, f"empty label for {vid!r}"))
+            continue
+        seen.setdefault(vid, set()).add(label)
+    mapping = {v: next(iter(ls)) for v, ls in seen.items() if len(ls) == 1}
+    conflicts = {v: ls for v, ls in seen.items() if len(ls) > 1}
+    if conflicts:
+        some = ", ".join(f"{v} ({'/'.join(sorted(ls))})" for v, ls in list(conflicts.items())[:5])
+        log.warning("%s: %d id(s) have conflicting labels and are left unlabeled: %s%s", path,
+                    len(conflicts), some, " ..." if len(conflicts) > 5 else "")
+    if skipped:
+        log.warning("%s: skipped %d row(s), e.g. %s", path, len(skipped), skipped[0])
+    return Labels(mapping, path, conflicts, skipped)
+
+
+def _from_json(data, path: Path) -> Labels:
+    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+        data = data["labels"]
+    if not isinstance(data, dict) or not data:
+        raise LabelsError(f"{path}: expected a JSON object {{id: label}} or {{label: [ids]}}")
+    values = list(data.values())
+    if all(isinstance(v, str) for v in values):
+        return _collect(((k, k, v) for k, v in data.items()), path)
+    if all(isinstance(v, list) for v in values):
+        return _collect(((lab, str(v), lab) for lab, ids in data.items() for v in ids), path)
+    raise LabelsError(f"{path}: values must be all strings ({{id: label}}) or all lists ({{label: [ids]}})")
+
+
+def _from_csv(text: str, path: Path) -> Labels:
+    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+    reader = csv.DictReader(text.splitlines(keepends=True), dialect=dialect)
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    id_col = next((c for c in ID_COLUMNS if c in header), None)
+    label_col = next((c for c in LABEL_COLUMNS if c in header), None)
+    if id_col is None or label_col is None:
+        raise LabelsError(
+            f"{path}: header {header} needs an id column (one of {', '.join(ID_COLUMNS)}) and a label "
+            f"column (one of {', '.join(LABEL_COLUMNS)})")
+    original = {h.strip().lower(): h for h in reader.fieldnames or []}
+
+    def rows():
+        for row in reader:
+            # line_num is the line where the (possibly multi-line) record ended
+            yield reader.line_num, id_from_link(row.get(original[id_col]) or ""), row.get(original[label_col])
+    try:
+        return _collect(rows(), path)
+    except csv.Error as e:
+        raise LabelsError(f"{path}: CSV error near line {reader.line_num}: {e}") from e
+
+
+def load_labels(path: str | Path) -> Labels:
+    """Read a labels file; raises ``LabelsError`` naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LabelsError(f"labels file {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise LabelsError(f"labels file {path} is not UTF-8 text ({e})") from None
+    if not text.strip():
+        raise LabelsError(f"labels file {path} is empty")
+    if path.suffix.lower() == ".json" or text.lstrip()[:1] in "{[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LabelsError(f"{path}: invalid JSON ({e})") from None
+        labels = _from_json(data, path)
+    else:
+        labels = _from_csv(text, path)
+    if not labels.mapping:
+        raise LabelsError(f"{path}: no usable (id, label) pairs")
+    return labels

@@ -1,0 +1,180 @@
+"""Store maintenance: merge small segments (compact) and check every byte (verify/repair)."""
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import StoreCorruptError
+from .fsutil import WriteLock, command_line, fsync_dir
+from .manifest import SEGMENT_DIR, SegmentEntry, read_manifest, write_manifest
+from .records import VideoEntry
+from .segment import SegmentReader, file_sha256, write_segment
+from .store import LOCK_NAME
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_DIR = "quarantine"
+
+
+def _entries_of(seg: SegmentReader) -> list[VideoEntry]:
+    """Every video of a segment as entries (used by compaction, one segment at a time)."""
+    emb = seg.read_embeddings(0, seg.n_frames)
+    fidx = seg.read_frame_column("frame_index")
+    ts = seg.read_frame_column("timestamp")
+    images, key_emb = seg.read_key_frames(np.arange(seg.n_videos))
+    num = seg.numeric
+    out = []
+    for i, vid in enumerate(seg.ids):
+        a = int(num["frame_offset"][i])
+        b = a + int(num["n_frames"][i])
+        has_key = bool(num["has_key_frame"][i])
+        out.append(VideoEntry(
+            id=vid, embeddings=emb[a:b], frame_index=fidx[a:b], timestamp=ts[a:b], label=seg.labels[i],
+            source=seg.sources[i], total_frames=int(num["total_frames"][i]), duration=float(num["duration"][i]),
+            key_frame_index=int(num["key_frame_index"][i]), key_frame_time=float(num["key_frame_time"][i]),
+            key_frame_image=images[i] if images is not None and has_key else None,
+            key_frame_embedding=key_emb[i] if key_emb is not None and has_key else None,
+        ))
+    return out
+
+
+@dataclass
+class CompactResult:
+    segments_before: int
+    segments_after: int
+    videos: int
+
+
+def compact(path: str | Path, max_frames_per_segment: int = 262_144) -> CompactResult:
+    """Merge segments, in order, into as few as possible of at most ``max_frames_per_segment``
+    frames each. Video and frame order is preserved, so global frame rows (and index ids) keep
+    their meaning. Memory is bounded by one output segment.
+    """
+    path = Path(path)
+    with WriteLock(path / LOCK_NAME, command_line()):
+        m = read_manifest(path)
+        if len(m.segments) <= 1:
+            return CompactResult(len(m.segments), len(m.segments), m.n_videos)
+        seg_dir = path / SEGMENT_DIR
+        new_entries: list[SegmentEntry] = []
+        written: list[Path] = []
+        pending: list[VideoEntry] = []
+        pending_frames = 0
+
+        def flush() -> None:
+            nonlocal pending, pending_frames
+            if not pending:
+                return
+            name = f"{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}.h5"
+            p, size, digest = write_segment(seg_dir, name, pending, m.config, int(m.dim))
+            written.append(p)
+            new_entries.append(SegmentEntry(f"{SEGMENT_DIR}/{name}", len(pending), pending_frames, size, digest))
+            pending, pending_frames = [], 0
+
+        try:
+            for entry in m.segments:
+                reader = SegmentReader(path / entry.file, expected_bytes=entry.bytes, dim=m.dim)
+                try:
+                    for e in _entries_of(reader):
+                        if pending and pending_frames + e.n_frames > max_frames_per_segment:
+                            flush()
+                        pending.append(e)
+                        pending_frames += e.n_frames
+                finally:
+                    reader.close()
+            flush()
+            write_manifest(path, m.next(segments=tuple(new_entries)))
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
+        for entry in m.segments:  # no longer listed: safe to delete
+            (path / entry.file).unlink(missing_ok=True)
+        fsync_dir(seg_dir)
+        log.info("compacted %d segments into %d", len(m.segments), len(new_entries))
+        return CompactResult(len(m.segments), len(new_entries), m.n_videos)
+
+
+@dataclass
+class VerifyReport:
+    segments: int = 0
+    bad: dict[str, str] = field(default_factory=dict)  # segment file -> reason
+    dropped_videos: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+
+def _check_segment(path: Path, entry: SegmentEntry, dim: Optional[int]) -> Optional[str]:
+    p = path / entry.file
+    if not p.is_file():
+        return "file is missing"
+    if p.stat().st_size != entry.bytes:
+        return f"size {p.stat().st_size} != {entry.bytes} in the manifest (truncated?)"
+    if file_sha256(p) != entry.sha256:
+        return "SHA-256 differs from the manifest (bytes changed on disk)"
+    try:
+        reader = SegmentReader(p, expected_bytes=entry.bytes, dim=dim)
+    except StoreCorruptError as e:
+        return str(e)
+    try:
+        reader.read_embeddings(0, reader.n_frames)  # every chunk's checksum
+        for name in ("frame_index", "timestamp", "video"):
+            reader.read_frame_column(name)
+        reader.read_key_frames(np.arange(reader.n_videos))
+    except StoreCorruptError as e:
+        return str(e)
+    finally:
+        reader.close()
+    return None
+
+
+def verify(path: str | Path, repair: bool = False) -> VerifyReport:
+    """Check every segment against the manifest's size and SHA-256 and every chunk checksum.
+
+    With ``repair``, damaged segments are moved to ``STORE/quarantine/`` and dropped from the
+    manifest; their videos are reported so that the next build re-adds them.
+    """
+    path = Path(path)
+    lock = WriteLock(path / LOCK_NAME, command_line()) if repair else None
+    if lock:
+        lock.acquire()
+    try:
+        m = read_manifest(path)
+        report = VerifyReport(segments=len(m.segments))
+        for entry in m.segments:
+            reason = _check_segment(path, entry, m.dim)
+            if reason:
+                report.bad[entry.file] = reason
+                log.warning("%s: %s", entry.file, reason)
+        if repair and report.bad:
+            for entry in m.segments:
+                if entry.file not in report.bad:
+                    continue
+                try:
+                    r = SegmentReader(path / entry.file)
+                    report.dropped_videos += r.ids
+                    r.close()
+                except StoreCorruptError:
+                    pass  # ids unreadable; the next build re-adds whatever is missing anyway
+            keep = tuple(s for s in m.segments if s.file not in report.bad)
+            write_manifest(path, m.next(segments=keep))
+            q = path / QUARANTINE_DIR
+            q.mkdir(exist_ok=True)
+            for f in report.bad:
+                src = path / f
+                if src.exists():
+                    shutil.move(str(src), str(q / src.name))
+            report.repaired = True
+        return report
+    finally:
+        if lock:
+            lock.release()

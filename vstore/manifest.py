@@ -1,0 +1,123 @@
+"""The manifest: the single commit point of a store.
+
+``STORE/manifest.json`` lists the committed segment files with their sizes and SHA-256, the
+store config, the encoder that made the vectors and the label names. It is only ever replaced
+atomically, so whatever is listed here is complete on disk and nothing else is part of the store.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import StoreConfig
+from .errors import StoreCorruptError, StoreNotFoundError
+from .fsutil import atomic_write_json
+
+FORMAT = "vstore"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SEGMENT_DIR = "segments"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    file: str  # path relative to the store directory, e.g. "segments/00000003-1a2b3c4d.h5"
+    videos: int
+    frames: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    generation: int = 0
+    config: StoreConfig = field(default_factory=StoreConfig)
+    # Identity of the encoder that produced the vectors (see encoders.registry); None = empty store.
+    encoder: Optional[dict[str, Any]] = None
+    dim: Optional[int] = None
+    label_names: tuple[str, ...] = ()
+    segments: tuple[SegmentEntry, ...] = ()
+    # Settings of the last build (frames, sampling...), for the record.
+    build: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=_now)
+    updated: str = field(default_factory=_now)
+
+    @property
+    def n_videos(self) -> int:
+        return sum(s.videos for s in self.segments)
+
+    @property
+    def n_frames(self) -> int:
+        return sum(s.frames for s in self.segments)
+
+    def next(self, **changes: Any) -> "Manifest":
+        """The manifest of the next commit."""
+        return replace(self, generation=self.generation + 1, updated=_now(), **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "generation": self.generation,
+            "config": self.config.to_dict(),
+            "encoder": self.encoder,
+            "dim": self.dim,
+            "label_names": list(self.label_names),
+            "segments": [asdict(s) for s in self.segments],
+            "build": self.build,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Manifest":
+        if d.get("format") != FORMAT:
+            raise StoreCorruptError(f"{where} is not a vstore manifest (format={d.get('format')!r})", where)
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise StoreCorruptError(
+                f"{where} has format version {d['format_version']}; this vstore reads up to "
+                f"{FORMAT_VERSION}. Upgrade vstore.", where)
+        try:
+            return cls(
+                generation=int(d["generation"]),
+                config=StoreConfig.from_dict(d.get("config", {})),
+                encoder=d.get("encoder"),
+                dim=None if d.get("dim") is None else int(d["dim"]),
+                label_names=tuple(d.get("label_names", ())),
+                segments=tuple(SegmentEntry(**s) for s in d.get("segments", ())),
+                build=dict(d.get("build") or {}),
+                created=d.get("created", ""),
+                updated=d.get("updated", ""),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreCorruptError(f"{where} is malformed ({e}); restore it from a backup or rebuild the store", where) from e
+
+
+def manifest_path(store_dir: Path) -> Path:
+    return Path(store_dir) / MANIFEST_NAME
+
+
+def read_manifest(store_dir: Path) -> Manifest:
+    path = manifest_path(store_dir)
+    if not path.is_file():
+        if not Path(store_dir).exists():
+            raise StoreNotFoundError(f"{store_dir} does not exist; create it with `vstore build VIDEOS --store {store_dir}`")
+        raise StoreNotFoundError(f"{store_dir} is not a vstore store (no {MANIFEST_NAME})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreCorruptError(f"{path} is not valid JSON ({e})", str(path)) from e
+    if not isinstance(data, dict):
+        raise StoreCorruptError(f"{path} is not a vstore manifest", str(path))
+    return Manifest.from_dict(data, where=str(path))
+
+
+def write_manifest(store_dir: Path, manifest: Manifest) -> None:
+    atomic_write_json(manifest_path(store_dir), manifest.to_dict())

@@ -1,0 +1,82 @@
+"""Plain data records passed between the store and its producers and consumers."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+def key_frame_index(video_id: str, total_frames: int) -> int:
+    """The reference study's "random frame" of a video: ``sha256(id) % total_frames``.
+
+    Deterministic across runs and machines (unlike Python's ``hash``), so the random-frame
+    classifier sees the same frame every epoch and on every rebuild.
+    """
+    if total_frames <= 0:
+        raise ValueError(f"total_frames must be positive, got {total_frames}")
+    digest = hashlib.sha256(video_id.encode("utf-8")).hexdigest()
+    return int(digest, 16) % total_frames
+
+
+@dataclass
+class VideoEntry:
+    """One video's vectors and metadata, as written into a segment."""
+
+    id: str
+    embeddings: np.ndarray  # (T, D) float, one row per sampled frame
+    frame_index: np.ndarray  # (T,) int64 frame numbers in presentation order
+    timestamp: np.ndarray  # (T,) float64 seconds since the first frame
+    label: Optional[str] = None
+    source: str = ""
+    total_frames: int = -1  # frames in the whole video; -1 = unknown (imported vectors)
+    duration: float = math.nan  # seconds
+    key_frame_index: int = -1
+    key_frame_time: float = math.nan
+    key_frame_image: Optional[np.ndarray] = None  # (S, S, 3) uint8 at the encoder's input size
+    key_frame_embedding: Optional[np.ndarray] = None  # (D,)
+
+    def __post_init__(self) -> None:
+        self.embeddings = np.asarray(self.embeddings)
+        self.frame_index = np.asarray(self.frame_index, dtype=np.int64)
+        self.timestamp = np.asarray(self.timestamp, dtype=np.float64)
+        assert self.embeddings.ndim == 2, self.embeddings.shape
+        assert len(self.frame_index) == len(self.timestamp) == len(self.embeddings)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+@dataclass
+class VideoTable:
+    """Per-video metadata of a whole store, as parallel arrays (row = store video position)."""
+
+    ids: list[str]
+    labels: list[Optional[str]]
+    sources: list[str]
+    n_frames: np.ndarray  # (V,) int64 sampled frames
+    total_frames: np.ndarray  # (V,) int64
+    duration: np.ndarray  # (V,) float64
+    frame_start: np.ndarray  # (V,) int64 first global frame row
+    segment: np.ndarray  # (V,) int32 segment position in the manifest
+    local: np.ndarray  # (V,) int32 row inside its segment
+    has_key_frame: np.ndarray  # (V,) bool
+    _row_of: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, video_id: str) -> int:
+        if not self._row_of:
+            self._row_of = {v: i for i, v in enumerate(self.ids)}
+        return self._row_of[video_id]
+
+    def __contains__(self, video_id: str) -> bool:
+        try:
+            self.row(video_id)
+            return True
+        except KeyError:
+            return False

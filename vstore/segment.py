@@ -1,0 +1,269 @@
+"""Segment files: immutable chunked HDF5 files holding a block of whole videos.
+
+Layout (documented for users in docs/FORMAT.md)::
+
+    /            attrs: format="vstore-segment", format_version, n_videos, n_frames, dim,
+                        dtype, strings_sha256
+    /videos/     one row per video: id, label, source, n_frames, frame_offset, total_frames,
+                 duration, key_frame_index, key_frame_time, has_key_frame,
+                 key_frame_embedding (V, D), key_frame_image (V, S, S, 3) uint8
+    /frames/     one row per sampled frame: embedding (F, D), frame_index, timestamp, video
+
+Every numeric dataset is chunked with a Fletcher-32 checksum (when the store config asks for
+it), and the variable-length strings are covered by a SHA-256 attribute, so damaged bytes
+raise ``StoreCorruptError`` instead of returning wrong vectors.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import h5py
+import numpy as np
+
+from .config import StoreConfig
+from .errors import StoreCorruptError
+from .fsutil import fsync_dir, temp_path
+from .records import VideoEntry
+
+log = logging.getLogger(__name__)
+
+SEGMENT_FORMAT = "vstore-segment"
+SEGMENT_FORMAT_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+_VIDEO_NUMERIC = ("n_frames", "frame_offset", "total_frames", "duration",
+                  "key_frame_index", "key_frame_time", "has_key_frame")
+_FRAME_NUMERIC = ("frame_index", "timestamp", "video")
+
+
+def strings_digest(ids: Sequence[str], labels: Sequence[str], sources: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for column in (ids, labels, sources):
+        for s in column:
+            b = s.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dataset(group: h5py.Group, name: str, data: np.ndarray, cfg: StoreConfig,
+             chunks: Optional[tuple[int, ...]] = None, compression: Optional[int] = None) -> None:
+    if chunks is None:
+        chunks = (min(len(data), cfg.chunk_rows),) + tuple(data.shape[1:])
+    group.create_dataset(
+        name, data=data, chunks=chunks, fletcher32=cfg.checksum,
+        compression="gzip" if compression else None,
+        compression_opts=compression if compression else None,
+    )
+
+
+def write_segment(directory: Path, final_name: str, entries: Sequence[VideoEntry],
+                  cfg: StoreConfig, dim: int) -> tuple[Path, int, str]:
+    """Write ``entries`` as ``directory/final_name``; returns (path, bytes, sha256).
+
+    The file is written under a temporary name, fsynced, renamed and the directory fsynced,
+    so the final name only ever refers to a complete file. On any error (disk full...) the
+    temporary file is removed and the error re-raised.
+    """
+    assert entries, "a segment holds at least one video"
+    dtype = np.dtype(cfg.dtype)
+    n_frames = np.array([e.n_frames for e in entries], dtype=np.int64)
+    assert (n_frames > 0).all(), "every stored video has at least one frame"
+    offsets = np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(np.int64)
+    total = int(n_frames.sum())
+    for e in entries:
+        if e.embeddings.shape[1] != dim:
+            raise ValueError(f"video {e.id}: embedding dim {e.embeddings.shape[1]} != store dim {dim}")
+
+    ids = [e.id for e in entries]
+    labels = [e.label or "" for e in entries]
+    sources = [e.source or "" for e in entries]
+    has_key = np.array([e.key_frame_embedding is not None for e in entries], dtype=bool)
+    images = [e.key_frame_image for e in entries if e.key_frame_image is not None]
+
+    tmp = temp_path(directory, ".h5")
+    try:
+        # libver v110: object headers and chunk indexes carry checksums of their own.
+        with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
+            f.attrs.update({
+                "format": SEGMENT_FORMAT, "format_version": SEGMENT_FORMAT_VERSION,
+                "n_videos": len(entries), "n_frames": total, "dim": dim, "dtype": cfg.dtype,
+                "strings_sha256": strings_digest(ids, labels, sources),
+            })
+            v = f.create_group("videos")
+            v.create_dataset("id", data=np.array(ids, dtype=object), dtype=_STR)
+            v.create_dataset("label", data=np.array(labels, dtype=object), dtype=_STR)
+            v.create_dataset("source", data=np.array(sources, dtype=object), dtype=_STR)
+            numeric = {
+                "n_frames": n_frames.astype(np.int32),
+                "frame_offset": offsets,
+                "total_frames": np.array([e.total_frames for e in entries], dtype=np.int64),
+                "duration": np.array([e.duration for e in entries], dtype=np.float64),
+                "key_frame_index": np.array([e.key_frame_index for e in entries], dtype=np.int64),
+                "key_frame_time": np.array([e.key_frame_time for e in entries], dtype=np.float64),
+                "has_key_frame": has_key,
+            }
+            for name, arr in numeric.items():
+                _dataset(v, name, arr, cfg, chunks=(len(arr),))
+            if has_key.any():
+                key_emb = np.zeros((len(entries), dim), dtype=dtype)
+                for i, e in enumerate(entries):
+                    if e.key_frame_embedding is not None:
+                        key_emb[i] = e.key_frame_embedding
+                _dataset(v, "key_frame_embedding", key_emb, cfg, chunks=(len(entries), dim))
+            if images:
+                shape = images[0].shape
+                img = np.zeros((len(entries),) + shape, dtype=np.uint8)
+                for i, e in enumerate(entries):
+                    if e.key_frame_image is not None:
+                        if e.key_frame_image.shape != shape:
+                            raise ValueError(f"video {e.id}: key frame {e.key_frame_image.shape} != {shape}")
+                        img[i] = e.key_frame_image
+                _dataset(v, "key_frame_image", img, cfg, chunks=(1,) + shape,
+                         compression=cfg.image_compression)
+
+            fr = f.create_group("frames")
+            emb = np.concatenate([e.embeddings for e in entries]).astype(dtype, copy=False)  # (F, D)
+            _dataset(fr, "embedding", emb, cfg, chunks=(min(total, cfg.chunk_rows), dim))
+            _dataset(fr, "frame_index", np.concatenate([e.frame_index for e in entries]), cfg)
+            _dataset(fr, "timestamp", np.concatenate([e.timestamp for e in entries]), cfg)
+            _dataset(fr, "video", np.repeat(np.arange(len(entries), dtype=np.int32), n_frames), cfg)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        size = tmp.stat().st_size
+        digest = file_sha256(tmp)
+        final = directory / final_name
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
+    return final, size, digest
+
+
+def _check_links(group: h5py.Group, where: str) -> None:
+    """Refuse anything that could make a read leave the file: soft/external links,
+    external raw storage and virtual datasets."""
+    for name in group:
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise StoreCorruptError(f"{where}: /{group.name.strip('/')}/{name} is a {type(link).__name__}; "
+                                    "segments may not point outside themselves", where)
+        obj = group[name]
+        if isinstance(obj, h5py.Group):
+            _check_links(obj, where)
+        elif isinstance(obj, h5py.Dataset):
+            if obj.is_virtual or obj.external:
+                raise StoreCorruptError(f"{where}: dataset {obj.name} stores its data outside the file; refused", where)
+
+
+class SegmentReader:
+    """Read access to one committed segment. Small per-video arrays are loaded on open;
+    frame data is read on demand."""
+
+    def __init__(self, path: Path, expected_bytes: Optional[int] = None, dim: Optional[int] = None):
+        self.path = Path(path)
+        self.name = self.path.name
+        where = str(self.path)
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            raise StoreCorruptError(f"segment {where} listed in the manifest is missing", where) from None
+        if expected_bytes is not None and size != expected_bytes:
+            raise StoreCorruptError(
+                f"segment {where} is {size} bytes, the manifest says {expected_bytes}: it was truncated "
+                f"or overwritten", where)
+        try:
+            self.file = h5py.File(self.path, "r", rdcc_nbytes=16 << 20, rdcc_nslots=10007)
+        except OSError as e:
+            raise StoreCorruptError(f"segment {where} cannot be opened as HDF5 ({e})", where) from e
+        try:
+            self._load(where, dim)
+        except StoreCorruptError:
+            self.file.close()
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            self.file.close()
+            raise StoreCorruptError(f"segment {where} is damaged ({type(e).__name__}: {e})", where) from e
+
+    def _load(self, where: str, dim: Optional[int]) -> None:
+        f = self.file
+        if f.attrs.get("format") != SEGMENT_FORMAT:
+            raise StoreCorruptError(f"{where} is not a vstore segment", where)
+        _check_links(f, where)
+        v = f["videos"]
+        self.ids = [s.decode("utf-8") if isinstance(s, bytes) else s for s in v["id"][()]]
+        labels = [s.decode("utf-8") if isinstance(s, bytes) else s for s in v["label"][()]]
+        self.sources = [s.decode("utf-8") if isinstance(s, bytes) else s for s in v["source"][()]]
+        if strings_digest(self.ids, labels, self.sources) != f.attrs.get("strings_sha256"):
+            raise StoreCorruptError(f"segment {where}: video ids/labels/sources fail their checksum", where)
+        self.labels = [s or None for s in labels]
+        self.numeric = {name: v[name][()] for name in _VIDEO_NUMERIC}
+        self.n_videos = int(f.attrs["n_videos"])
+        self.n_frames = int(f.attrs["n_frames"])
+        self.dim = int(f.attrs["dim"])
+        self.embedding = f["frames"]["embedding"]
+        if len(self.ids) != self.n_videos or self.embedding.shape != (self.n_frames, self.dim):
+            raise StoreCorruptError(f"segment {where}: table sizes disagree with its header", where)
+        if dim is not None and self.dim != dim:
+            raise StoreCorruptError(f"segment {where} holds {self.dim}-d vectors, the store {dim}-d", where)
+        n = self.numeric["n_frames"].astype(np.int64)
+        off = self.numeric["frame_offset"]
+        if n.sum() != self.n_frames or (len(off) and (off[0] != 0 or (off[1:] != np.cumsum(n)[:-1]).any())):
+            raise StoreCorruptError(f"segment {where}: frame offsets are inconsistent", where)
+
+    # -- frame data ------------------------------------------------------------------------
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            raise StoreCorruptError(
+                f"segment {self.path} is damaged ({e}); run `vstore verify {self.path.parent.parent} --repair` "
+                "to drop it, then rebuild to re-add its videos", str(self.path)) from e
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.embedding.chunks[0]) if self.embedding.chunks else max(1, self.n_frames)
+
+    def read_embeddings(self, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``start:stop`` of /frames/embedding, into ``out`` if given (any float dtype)."""
+        if out is None:
+            out = np.empty((stop - start, self.dim), dtype=self.embedding.dtype)
+        if stop > start:
+            self._guard(self.embedding.read_direct, out, np.s_[start:stop])
+        return out
+
+    def read_frame_column(self, name: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        return self._guard(lambda: self.file["frames"][name][start:stop])
+
+    def read_key_frames(self, rows: np.ndarray) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """(images (R, S, S, 3) uint8 or None, embeddings (R, D) or None) for local rows."""
+        v = self.file["videos"]
+        order = np.argsort(rows)
+        sorted_rows = np.asarray(rows)[order]
+        inv = np.argsort(order)
+
+        def read(name):
+            if name not in v:
+                return None
+            data = self._guard(lambda: v[name][np.unique(sorted_rows)])
+            _, pos = np.unique(sorted_rows, return_inverse=True)
+            return data[pos][inv]
+        return read("key_frame_image"), read("key_frame_embedding")
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except Exception:  # pragma: no cover - closing a damaged file
+            pass

@@ -1,0 +1,99 @@
+"""Train/validation/test splits, stored in the store so every later command uses the same one.
+
+Stratified by label and deterministic: within each label, videos are ranked by
+``sha256(f"{seed}:{id}")`` and the first ``round(test_size * n)`` go to test, the next
+``round(val_size * n)`` to validation, the rest to train. The same arguments on the same
+store give the same split, and videos added later barely move the others. Unlabeled videos
+are in no split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import SplitError, StoreCorruptError
+from .fsutil import WriteLock, atomic_write_json, command_line
+from .store import LOCK_NAME, Store
+
+SPLIT_NAME = "split.json"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class SplitConfig:
+    test_size: float = 0.1  # fraction of each label's videos held out for testing
+    val_size: float = 0.0  # fraction for validation (0 = no validation split)
+    seed: int = 0  # different seeds give independent splits
+
+    def __post_init__(self) -> None:
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"test_size must be in (0, 1), got {self.test_size}")
+        if not 0 <= self.val_size < 1 or self.test_size + self.val_size >= 1:
+            raise ValueError(f"val_size must be in [0, 1) with test_size + val_size < 1, got {self.val_size}")
+
+
+@dataclass
+class Split:
+    config: SplitConfig
+    generation: int  # store generation the split was made at
+    assignment: dict[str, str] = field(default_factory=dict)  # video id -> train | val | test
+
+    def ids(self, name: str) -> list[str]:
+        if name not in SPLIT_NAMES:
+            raise SplitError(f"unknown split {name!r}; use one of {', '.join(SPLIT_NAMES)}")
+        return [v for v, s in self.assignment.items() if s == name]
+
+    def counts(self) -> dict[str, int]:
+        return {n: sum(1 for s in self.assignment.values() if s == n) for n in SPLIT_NAMES}
+
+
+def _rank(seed: int, video_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{video_id}".encode("utf-8")).hexdigest()
+
+
+def make_split(store: Store, config: SplitConfig) -> Split:
+    """Assign every labelled video of ``store`` to train/val/test (see module doc)."""
+    by_label: dict[str, list[str]] = {}
+    for vid, label in zip(store.videos.ids, store.videos.labels):
+        if label:
+            by_label.setdefault(label, []).append(vid)
+    if not by_label:
+        raise SplitError(f"{store.path} has no labelled videos; build it with --labels FILE")
+    assignment: dict[str, str] = {}
+    for label in sorted(by_label):
+        ids = sorted(by_label[label], key=lambda v: _rank(config.seed, v))
+        n = len(ids)
+        n_test = min(n - 1, max(1, round(config.test_size * n))) if n >= 2 else 0
+        n_val = min(n - 1 - n_test, round(config.val_size * n)) if config.val_size else 0
+        for i, vid in enumerate(ids):
+            assignment[vid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return Split(config, store.generation, dict(sorted(assignment.items())))
+
+
+def save_split(store_path: str | Path, split: Split) -> None:
+    path = Path(store_path)
+    with WriteLock(path / LOCK_NAME, command_line()):
+        atomic_write_json(path / SPLIT_NAME, {"config": asdict(split.config), "generation": split.generation,
+                                              "assignment": split.assignment})
+
+
+def load_split(store_path: str | Path) -> Split:
+    path = Path(store_path) / SPLIT_NAME
+    if not path.is_file():
+        raise SplitError(f"{Path(store_path)} has no split yet; run `vstore split {store_path}` first")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return Split(SplitConfig(**d["config"]), int(d["generation"]), dict(d["assignment"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreCorruptError(f"{path} is damaged ({e}); rerun `vstore split {store_path}`", str(path)) from e
+
+
+def split_ids(store_path: str | Path, name: str, store: Optional[Store] = None) -> list[str]:
+    """Ids of split ``name`` that the store holds, in store order."""
+    split = load_split(store_path)
+    wanted = set(split.ids(name))
+    ids = (store or Store.open(store_path)).videos.ids
+    return [v for v in ids if v in wanted]
