@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import av
 import numpy as np
@@ -342,3 +342,24 @@ def find_videos(paths: list[str | Path]) -> list[Path]:
         else:
             raise VideoError(f"{p}: no such file or directory")
     return sorted(set(found))
+
+
+def decode_frames(path: str | Path, indices: Sequence[int], size: Optional[int] = None) -> dict[int, np.ndarray]:
+    """RGB frames at the given frame numbers (presentation order), e.g. to show search hits.
+
+    Frame numbers past the end are ignored; ``size`` resizes/crops as in ``sample_video``.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        pr = probe(container, stream, path)
+        wanted = np.unique(np.asarray([i for i in indices if 0 <= i < pr.total_frames], dtype=np.int64))
+        if len(wanted) == 0:
+            return {}
+        convert = _make_converter(size, pr.width, pr.height)
+        try:
+            return _decode_exact(container, stream, pr, wanted, convert)
+        except (_Missed, av.FFmpegError):
+            pass
+    _, _, images = _decode_sequential(path, lambda total: wanted[wanted < total], convert)
+    return images
