@@ -119,7 +119,10 @@ class FailureLog:
             w.writerow([failure.id, failure.path, failure.reason])
 
     def finish(self, attempted: set[str], committed: set[str]) -> None:
-        keep = {k: v for k, v in self.old.items() if k not in attempted and k not in committed}
+        # Older failures stay listed while still unresolved: not retried now, not in the
+        # store, and the file is still there.
+        keep = {k: v for k, v in self.old.items()
+                if k not in attempted and k not in committed and Path(v.path).exists()}
         keep.update(self.new)
         if not keep:
             self.path.unlink(missing_ok=True)

@@ -73,11 +73,21 @@ def import_json(src: str | Path, store_path: str | Path, labels: Optional[Labels
     if not files:
         raise VStoreError(f"{src} holds no .json files")
     summary = ImportSummary()
-    first = read_vectors(files[0])
+    first: Optional[np.ndarray] = None
+    for path in files:  # the first readable file sets the dimension
+        try:
+            first, first_path = read_vectors(path), path
+            break
+        except VStoreError as e:
+            log.warning("%s", e)
+            summary.failures.append((str(path), str(e)))
+    if first is None:
+        raise VStoreError(f"no readable <id>.json file in {src}")
+    files = [p for p in files if str(p) not in {f for f, _ in summary.failures}]
     dim = first.shape[1]
     identity = dict(encoder) if encoder else {"name": "imported", "id": f"imported:{dim}", "spec": None, "dim": dim}
     if int(identity["dim"]) != dim:
-        raise VStoreError(f"{files[0]}: {dim}-d vectors, but encoder {identity['name']} makes {identity['dim']}-d")
+        raise VStoreError(f"{first_path}: {dim}-d vectors, but encoder {identity['name']} makes {identity['dim']}-d")
     Store.open_or_create(store_path, config).close()
     with StoreWriter(store_path, identity, build_info={"imported_from": str(src)}) as writer:
         for path in tqdm(files, unit="video", desc="import", disable=not progress):
@@ -86,7 +96,7 @@ def import_json(src: str | Path, store_path: str | Path, labels: Optional[Labels
                 summary.skipped += 1
                 continue
             try:
-                vec = first if path == files[0] else read_vectors(path)
+                vec = first if path == first_path else read_vectors(path)
                 if vec.shape[1] != dim:
                     raise VStoreError(f"{path}: {vec.shape[1]}-d vectors, the others are {dim}-d")
             except VStoreError as e:
