@@ -42,7 +42,8 @@ def id_from_link(link: str) -> str:
 
 
 def is_youtube_id(s: str) -> bool:
-    return bool(_YOUTUBE_ID.match(s))
+    # fullmatch: with match, "$" also matches before a trailing newline ("abc\n" passed)
+    return bool(_YOUTUBE_ID.fullmatch(s))
 
 
 @dataclass
