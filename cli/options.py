@@ -49,10 +49,11 @@ def human_bytes(n: float) -> str:
 
 
 def pass_quiet(f: Callable) -> Callable:
-    """Injects ``quiet`` (from the group's -q) so commands can hide progress bars."""
+    """Adds -q/--quiet to a command (also accepted before it, on the group) and passes
+    ``quiet``: no progress bars."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
-        kwargs["quiet"] = bool((ctx.find_root().obj or {}).get("quiet"))
+        kwargs["quiet"] = bool(kwargs.get("quiet")) or bool((ctx.find_root().obj or {}).get("quiet"))
         return f(*args, **kwargs)
-    return wrapper
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(wrapper)

@@ -1,2 +1,134 @@
-"""Placeholder: commands of this module are being written."""
-COMMANDS: list = []
+"""`vstore split`, `vstore train`, `vstore report`, `vstore predict`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from vstore import Store
+from vstore.split import SplitConfig, make_split, save_split
+
+from .options import json_option, pass_quiet, store_argument
+
+MODELS = ("linear", "transformer", "random-frame", "knn", "zero-shot")
+
+
+@click.command("split", epilog="""\b
+Examples:
+  vstore split runs/store --test-size 0.1 --seed 0
+  vstore split runs/store --test-size 0.1 --val-size 0.1
+""")
+@store_argument
+@click.option("--test-size", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Fraction of each label's videos for testing.")
+@click.option("--val-size", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction for validation (training curves then use it instead of test).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def split_cmd(store, test_size, val_size, seed):
+    """Make a stratified train/val/test split and store it in STORE.
+
+    Every later command (train, search --split) uses this split. The same arguments on the
+    same store give the same split; unlabeled videos are in none.
+    """
+    with Store.open(store) as s:
+        split = make_split(s, SplitConfig(test_size=test_size, val_size=val_size, seed=seed))
+    save_split(store, split)
+    counts = split.counts()
+    click.echo(f"split {store}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
+               f"(seed {seed}, stratified over {len(set(split.assignment))} labelled videos)")
+
+
+@click.command("train", epilog="""\b
+Examples:
+  vstore train runs/store --model linear --mixup --out runs/linear-mixup
+  vstore train runs/store --model transformer --seeds 5 --out runs/transformer
+  vstore train runs/store --model random-frame --mixup --out runs/rf-mixup
+  vstore train runs/store --model knn --k 10 --out runs/knn
+  vstore train runs/store --model zero-shot --prompt "a video about {label}" --out runs/zs
+""")
+@store_argument
+@click.option("--model", type=click.Choice(MODELS), required=True,
+              help="linear: mean-pooled linear head; transformer: positions + encoder layer(s) + mean; "
+                   "random-frame: one hash-chosen key frame through the image encoder + linear; "
+                   "knn / zero-shot: baselines without training.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
+@click.option("--mixup", is_flag=True, help="Mixup augmentation (see --alpha).")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.4, show_default=True,
+              help="Mixup lambda ~ Beta(alpha, alpha).")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with seeds 0..N-1; metrics are mean and std over them.")
+@click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Evaluate every N steps (0 = every epoch).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda[:N].")
+@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Transformer layers.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Use at most N frames per video.")
+@click.option("--finetune", is_flag=True, help="random-frame: also train the CLIP image encoder.")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="knn: neighbours.")
+@click.option("--level", type=click.Choice(["video", "frame"]), default="video", show_default=True,
+              help="knn: vote with video mean embeddings or with every frame.")
+@click.option("--prompt", default="a video about {label}", show_default=True, help="zero-shot prompt.")
+@pass_quiet
+def train_cmd(store, model, out, mixup, alpha, epochs, batch_size, lr, seeds, eval_every, device, layers,
+              max_frames, finetune, k, level, prompt, quiet):
+    """Train a classifier (or run a baseline) on STORE's split; write metrics, curves and model to --out."""
+    from classifiers.config import TrainConfig
+    from classifiers.train import run_training
+    cfg = TrainConfig(model=model, mixup=mixup, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
+                      seeds=seeds, eval_every=eval_every, device=device, layers=layers, max_frames=max_frames,
+                      finetune=finetune, k=k, level=level, prompt=prompt)
+    m = run_training(store, cfg, out, progress=not quiet)
+    std = lambda key: f" ± {m[key + '_std']:.3f}" if m["seeds"] > 1 else ""  # noqa: E731
+    click.echo(f"{m['name']}: accuracy {m['accuracy']:.3f}{std('accuracy')}, F1 micro {m['f1_micro']:.3f}"
+               f"{std('f1_micro')}, F1 macro {m['f1_macro']:.3f}{std('f1_macro')} on {m['n_test']} test videos")
+    click.echo(f"wrote {out}/ (metrics.json, history.json, confusion.png{', curves.png' if Path(out, 'curves.png').exists() else ''}, model.pt)")
+
+
+@click.command("report", epilog="""\b
+Example:
+  vstore report runs/linear-mixup runs/transformer runs/rf-mixup --out runs/results.md
+""")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write Markdown here and a bar chart beside it (.png); else print the table.")
+def report_cmd(runs, out):
+    """Compare runs in one results table (rows: metrics; columns: model x mixup)."""
+    from classifiers.report import build_report, write_report
+    if out:
+        md, png = write_report(runs, out)
+        click.echo(f"wrote {md} and {png}")
+    else:
+        click.echo(build_report(runs)[0])
+
+
+@click.command("predict", epilog="""\b
+Examples:
+  vstore predict runs/linear-mixup some_new_video.mp4
+  vstore predict runs/transformer clips/*.mp4 --json
+""")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--device", default="auto", show_default=True)
+@json_option
+def predict_cmd(run, videos, device, as_json):
+    """Classify video files with a trained RUN (frames sampled and embedded as its store was built)."""
+    from classifiers.predict import Predictor
+    preds = Predictor(run, device=device).predict(videos)
+    if as_json:
+        click.echo(json.dumps([p.__dict__ for p in preds], indent=2))
+    else:
+        for p in preds:
+            if p.error:
+                click.echo(f"{p.video}: ERROR {p.error}")
+                continue
+            probs = "  ".join(f"{n} {v:.3f}" for n, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
+            click.echo(f"{p.video}: {p.label}  ({probs})")
+    if any(p.error for p in preds):
+        raise SystemExit(3)
+
+
+COMMANDS = [split_cmd, train_cmd, report_cmd, predict_cmd]

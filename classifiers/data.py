@@ -1,0 +1,145 @@
+"""Training data straight from the store, as tensors: no per-sample Python dataset.
+
+A split is loaded once (chunk reads of the HDF5 segments), converted to float32 and moved to
+the training device once; batches are index-selects on those tensors. What each model needs:
+
+* ``linear``: the pooled (masked-mean) embedding per video, ``(V, D)``, computed at load.
+* ``transformer``: frames ``(V, T, D)`` + mask ``(V, T)``; when they would not fit the memory
+  budget, they are streamed in chunk-aligned blocks of videos instead (``FrameStream``).
+* ``random-frame``: the key-frame embedding ``(V, D)``, and the key-frame pixels
+  ``(V, S, S, 3)`` uint8 when mixup or fine-tuning needs the encoder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from vstore import Store
+from vstore.errors import SplitError
+
+log = logging.getLogger(__name__)
+
+
+def available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+@dataclass
+class SplitData:
+    """One split's tensors. ``tensors`` maps batch keys to (V, ...) tensors on ``device``."""
+
+    ids: list[str]
+    y: torch.Tensor  # (V,) long class index
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    stream: Optional["FrameStream"] = None  # frames too large for memory
+    device: torch.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows ``idx`` of every in-memory tensor (one index-select each)."""
+        return {k: v.index_select(0, idx) for k, v in self.tensors.items()}
+
+    def batches(self, batch_size: int, shuffle: Optional[torch.Generator] = None
+                ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """(row indices, batch) over the split; a random order drawn from ``shuffle`` if given."""
+        if self.stream is not None:
+            seed = None if shuffle is None else int(torch.randint(0, 2**31 - 1, (1,), generator=shuffle))
+            yield from self.stream.batches(self, batch_size, seed)
+            return
+        order = torch.arange(len(self)) if shuffle is None else torch.randperm(len(self), generator=shuffle)
+        order = order.to(self.device)
+        for a in range(0, len(order), batch_size):
+            idx = order[a:a + batch_size]
+            yield idx, self.batch(idx)
+
+
+class FrameStream:
+    """Frames of a split read from the store block by block (bounded memory).
+
+    Each epoch visits the blocks in a random order and shuffles within each block.
+    """
+
+    def __init__(self, store: Store, ids: list[str], block_videos: int, max_frames: Optional[int]):
+        self.store = store
+        self.ids = ids
+        self.block_videos = max(1, block_videos)
+        self.max_frames = max_frames
+
+    def batches(self, data: SplitData, batch_size: int, seed: Optional[int]
+                ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        n = len(self.ids)
+        starts = np.arange(0, n, self.block_videos)
+        rng = np.random.default_rng(seed) if seed is not None else None
+        if rng is not None:  # a shuffled epoch: blocks in random order, rows shuffled inside
+            starts = rng.permutation(starts)
+        for a in starts:
+            rows = np.arange(a, min(n, a + self.block_videos))
+            if rng is not None:
+                rows = rng.permutation(rows)
+            padded = self.store.load_padded([self.ids[r] for r in rows], max_frames=self.max_frames)
+            frames = torch.from_numpy(padded.embeddings).to(data.device, torch.float32)  # (b, T, D)
+            valid = torch.from_numpy(padded.valid).to(data.device)  # (b, T)
+            for s in range(0, len(rows), batch_size):
+                idx = torch.from_numpy(rows[s:s + batch_size]).to(data.device)
+                batch = data.batch(idx)
+                batch["frames"] = frames[s:s + batch_size]
+                batch["valid"] = valid[s:s + batch_size]
+                yield idx, batch
+
+
+def load_split_data(store: Store, ids: Sequence[str], model: str, device: torch.device, *,
+                    need_images: bool = False, max_frames: Optional[int] = None,
+                    memory_budget: Optional[int] = None, block_videos: int = 256) -> SplitData:
+    """Tensors of ``ids`` for ``model`` on ``device`` (see module doc)."""
+    ids = list(ids)
+    if not ids:
+        raise SplitError(f"the split of {store.path} is empty for this set; rerun `vstore split`")
+    y = torch.from_numpy(store.label_indices(ids)).to(device)
+    if (y < 0).any():
+        raise SplitError("the split lists unlabeled videos; rerun `vstore split` after relabelling")
+    data = SplitData(ids=ids, y=y, device=device)
+    if model == "linear":
+        means = store.video_means(ids)  # (V, D) streamed from the store
+        data.tensors["pooled"] = torch.from_numpy(means).to(device)
+    elif model == "transformer":
+        T = int(min(store.videos.n_frames[store.rows(ids)].max(), max_frames or 1 << 30))
+        need = len(ids) * T * (store.dim or 0) * 4
+        budget = memory_budget if memory_budget is not None else available_memory_bytes() // 2
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = min(budget, int(free * 0.5))
+        if need <= budget:
+            padded = store.load_padded(ids, max_frames=max_frames)
+            data.tensors["frames"] = torch.from_numpy(padded.embeddings).to(device, torch.float32)  # (V, T, D)
+            data.tensors["valid"] = torch.from_numpy(padded.valid).to(device)  # (V, T)
+        else:
+            per_video = max(1, T * (store.dim or 1) * 4)
+            block = max(1, min(block_videos, budget // (4 * per_video)))
+            log.info("frames of %d videos (%.1f GiB) exceed the memory budget; streaming blocks of %d videos",
+                     len(ids), need / 2**30, block)
+            data.stream = FrameStream(store, ids, block, max_frames)
+    elif model == "random-frame":
+        images, emb = store.key_frames(ids)
+        if emb is None or not store.videos.has_key_frame[store.rows(ids)].all():
+            raise SplitError(f"{store.path} holds no key frames for some videos (imported vectors?); "
+                             "random-frame needs a store built from video files")
+        data.tensors["key_embedding"] = torch.from_numpy(emb.astype(np.float32)).to(device)  # (V, D)
+        if need_images:
+            data.tensors["key_image"] = torch.from_numpy(images).to(device)  # (V, S, S, 3) uint8
+    else:
+        raise ValueError(f"unknown model {model!r}")
+    return data

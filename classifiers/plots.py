@@ -1,0 +1,76 @@
+"""Figures of a run (curves, confusion matrix) and of a report (bar chart). Headless (Agg)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss, accuracy and F1 against training step, one line per seed."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    seeds = sorted({h["seed"] for h in history})
+    for seed in seeds:
+        hs = [h for h in history if h["seed"] == seed]
+        steps = [h["step"] for h in hs]
+        tag = f" (seed {seed})" if len(seeds) > 1 else ""
+        axes[0].plot(steps, [h["train_loss"] for h in hs], label="train" + tag)
+        axes[0].plot(steps, [h["eval_loss"] for h in hs], "--", label=hs[0]["split"] + tag)
+        axes[1].plot(steps, [h["eval_accuracy"] for h in hs], label=tag or "accuracy")
+        axes[2].plot(steps, [h["eval_f1_micro"] for h in hs], label="F1 micro" + tag)
+        axes[2].plot(steps, [h["eval_f1_macro"] for h in hs], ":", label="F1 macro" + tag)
+    split = history[0]["split"] if history else "eval"
+    for ax, name in zip(axes, ("loss", f"{split} accuracy", f"{split} F1")):
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_ylim(0, 1.02)
+    axes[2].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str) -> None:
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 1.0 + 0.8 * len(labels)))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, int(m[i, j]), ha="center", va="center",
+                    color="white" if m[i, j] > m.max() / 2 else "black", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_report(columns: list[str], metrics: list[str], means: np.ndarray, stds: np.ndarray, path: Path) -> None:
+    """Grouped bars: one group per metric, one bar per run (with std error bars)."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(columns) * len(metrics) / 2), 4.6))
+    width = 0.8 / max(1, len(columns))
+    x = np.arange(len(metrics))
+    for i, col in enumerate(columns):
+        ax.bar(x + i * width - 0.4 + width / 2, means[:, i], width, yerr=stds[:, i], capsize=2, label=col)
+    ax.set_xticks(x, metrics)
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, len(columns)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

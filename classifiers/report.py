@@ -1,0 +1,70 @@
+"""``vstore report``: the reference study's results table from several runs.
+
+Rows are metrics, columns are runs (model x mixup); cells are ``mean +/- std`` over seeds
+when a run had several. Written as Markdown with a PNG bar chart beside it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vstore.fsutil import atomic_write_bytes
+
+from .metrics import SCALARS
+from .plots import plot_report
+from .runs import Run, load_run
+
+METRIC_NAMES = {"accuracy": "Accuracy", "f1_micro": "F1 micro", "f1_macro": "F1 macro"}
+
+
+def _column(run: Run) -> str:
+    m = run.metrics
+    name = m["model"] + (" + mixup" if m.get("mixup") else "")
+    cfg = m.get("config", {})
+    if m["model"] == "knn":
+        name += f" (k={cfg.get('k')}, {cfg.get('level')})"
+    return name
+
+
+def _cell(run: Run, metric: str) -> str:
+    m = run.metrics
+    if m.get("seeds", 1) > 1:
+        return f"{m[metric]:.3f} ± {m[metric + '_std']:.3f}"
+    return f"{m[metric]:.3f}"
+
+
+def build_report(run_dirs: Sequence[str | Path]) -> tuple[str, list[Run]]:
+    runs = [load_run(p) for p in run_dirs]
+    cols = [_column(r) for r in runs]
+    for i, c in enumerate(list(cols)):  # two runs of the same model: tell them apart by directory
+        if cols.count(c) > 1:
+            cols[i] = f"{c} [{Path(runs[i].path).name}]"
+    lines = ["| Metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for metric in SCALARS:
+        lines.append(f"| {METRIC_NAMES[metric]} | " + " | ".join(_cell(r, metric) for r in runs) + " |")
+    lines.append("| Test videos | " + " | ".join(str(r.metrics.get("n_test", "?")) for r in runs) + " |")
+    lines.append("| Seeds | " + " | ".join(str(r.metrics.get("seeds", 1)) for r in runs) + " |")
+    stores = sorted({r.metrics.get("store", "?") for r in runs})
+    encoders = sorted({str(r.metrics.get("encoder")) for r in runs})
+    notes = [f"Store: {', '.join(stores)}; encoder: {', '.join(encoders)}."]
+    if len(stores) > 1:
+        notes.append("**Warning:** these runs come from different stores; their figures are not comparable.")
+    if len({tuple(r.metrics.get("label_names", [])) for r in runs}) > 1:
+        notes.append("**Warning:** these runs have different label sets.")
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n", runs
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> tuple[Path, Path]:
+    """Write ``out`` (Markdown) and ``out`` with suffix ``.png`` (bar chart)."""
+    out = Path(out)
+    text, runs = build_report(run_dirs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_suffix(".png")
+    text = f"# Results\n\n{text}\n![results]({png.name})\n"
+    atomic_write_bytes(out, text.encode("utf-8"))
+    means = np.array([[r.metrics[m] for r in runs] for m in SCALARS])
+    stds = np.array([[r.metrics.get(m + "_std", 0.0) for r in runs] for m in SCALARS])
+    plot_report([_column(r) for r in runs], [METRIC_NAMES[m] for m in SCALARS], means, stds, png)
+    return out, png
