@@ -303,7 +303,7 @@ class _Downloader:
                 "restrictfilenames": True, "cookiefile": cookiefile,
                 "progress_hooks": [self._hook],
             })
-            self._local.ydl, self._local.seen = ydl, 0
+            self._local.ydl = ydl
             with self._lock:
                 self._instances.append(ydl)
         return ydl
@@ -312,8 +312,9 @@ class _Downloader:
         if self.stop.is_set():
             raise _Cancelled()
         if d.get("status") == "downloading" and d.get("downloaded_bytes") is not None:
-            n = int(d["downloaded_bytes"])
-            delta = n - self._local.seen if n >= self._local.seen else n
+            n = int(d["downloaded_bytes"])  # includes what a resumed .part already held,
+            seen = self._local.seen  # so the first report of a download only sets the baseline
+            delta = 0 if seen is None else (n - seen if n >= seen else n)
             self._local.seen = n
             with self._lock:
                 self.bytes += delta
@@ -326,7 +327,7 @@ class _Downloader:
 
     def _fetch(self, vid: str, url: str) -> tuple[Path, dict]:
         ydl = self._ydl()
-        self._local.seen = 0
+        self._local.seen = None
         info = ydl.extract_info(url, download=False)
         if info is None or info.get("_type", "video") != "video":
             raise BadDownload(PERMANENT, f"{url} is a playlist or a page of several videos, not one video")
@@ -455,8 +456,13 @@ def _run(table: VideoTable, out: Path, config: DownloadConfig, progress: bool, t
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, desc="download")
     done_ok = failed = 0
 
+    recorded: set[str] = set()
+
     def record(outcome: _Outcome) -> None:
         nonlocal done_ok, failed
+        if outcome.id in recorded:  # an interrupt between record() and its future's removal
+            return
+        recorded.add(outcome.id)
         entry = table.entries[outcome.id]
         c = summary.counts(category_of(entry))
         if outcome.failure is None:
@@ -488,14 +494,14 @@ def _run(table: VideoTable, out: Path, config: DownloadConfig, progress: bool, t
             while pending:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    del pending[fut]
                     record(fut.result())
+                    del pending[fut]
                 refresh()
     except BaseException:
         # Ctrl-C (or an error): stop the workers, keep whatever finished meanwhile.
         dl.stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
-        for fut in pending:
+        for fut in list(pending):
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 record(fut.result())
         raise
