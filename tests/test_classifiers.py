@@ -1,0 +1,158 @@
+"""Models, mixup and training on real stores of synthetic videos."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from classifiers.config import TrainConfig
+from classifiers.data import load_split_data
+from classifiers.mixup import Mixup, soft_cross_entropy, soft_targets
+from classifiers.models import ModelConfig, build_model, masked_mean
+from classifiers.train import run_training
+from encoders.build import BuildConfig, build_store
+from encoders.registry import load_encoder
+from encoders.synthetic import CONTENT_CLASSES, ORDER_CLASSES, make_class_video
+from vstore import Store, StoreConfig
+from vstore.labels import Labels
+from vstore.split import SplitConfig, make_split, save_split
+
+
+def make_store(root, classes, per_class, frames=10, n_frames=20, seed_base=0):
+    videos = root / "videos"
+    videos.mkdir(parents=True)
+    labels = {}
+    for c, kind in enumerate(classes):
+        for i in range(per_class):
+            vid = f"{kind}-{i:02d}"
+            make_class_video(videos / f"{vid}.mp4", kind, n_frames=n_frames, seed=seed_base + i)
+            labels[vid] = kind
+    store = root / "store"
+    build_store([videos], store, load_encoder("thumbnail", device="cpu"), labels=Labels(labels, root / "labels"),
+                config=BuildConfig(frames=frames, workers=0), store_config=StoreConfig(segment_videos=16),
+                progress=False)
+    with Store.open(store) as s:
+        save_split(store, make_split(s, SplitConfig(test_size=0.25, seed=0)))
+    return store
+
+
+@pytest.fixture(scope="module")
+def order_store(tmp_path_factory):
+    """fade-in vs fade-out of the same content: only the order of frames differs."""
+    return make_store(tmp_path_factory.mktemp("order"), ORDER_CLASSES, per_class=24)
+
+
+@pytest.fixture(scope="module")
+def content_store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("content"), CONTENT_CLASSES, per_class=8)
+
+
+def test_padding_does_not_change_logits():
+    torch.manual_seed(0)
+    for name in ("transformer", "linear"):
+        model = build_model(ModelConfig(model=name, dim=16, n_classes=3, max_frames=12, heads=8, ff_dim=32)).eval()
+        x = torch.randn(3, 12, 16)
+        lengths = [12, 5, 1]
+        valid = torch.arange(12)[None] < torch.tensor(lengths)[:, None]
+        x = x * valid[..., None]
+        batched = model({"frames": x, "valid": valid})
+        for i, n in enumerate(lengths):
+            alone = model({"frames": x[i:i + 1, :n], "valid": torch.ones(1, n, dtype=torch.bool)})
+            torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_mean_ignores_padding():
+    x = torch.tensor([[[1.0], [3.0], [100.0]]])
+    assert masked_mean(x, torch.tensor([[True, True, False]])).item() == 2.0
+
+
+def test_mixup_targets_and_stages():
+    mix = Mixup(alpha=0.4, seed=0)
+    lam, perm = mix.sample(4, torch.device("cpu"))
+    assert 0 <= lam <= 1 and sorted(perm.tolist()) == [0, 1, 2, 3]
+    y = torch.tensor([0, 1, 2, 0])
+    t = soft_targets(y, 3, (lam, perm))
+    torch.testing.assert_close(t.sum(1), torch.ones(4))
+    torch.testing.assert_close(t[0], lam * torch.eye(3)[0] + (1 - lam) * torch.eye(3)[y[perm[0]]])
+    assert soft_cross_entropy(torch.zeros(4, 3), t).item() == pytest.approx(np.log(3), rel=1e-5)
+    # transformer: sequences mixed element-wise, masks OR-ed
+    model = build_model(ModelConfig(model="transformer", dim=8, n_classes=2, max_frames=4, heads=8, ff_dim=8,
+                                    dropout=0.0)).eval()
+    x = torch.randn(2, 4, 8)
+    valid = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    p = torch.tensor([1, 0])
+    mixed = model({"frames": x, "valid": valid}, (0.3, p))
+    manual = model({"frames": 0.3 * x + 0.7 * x[p], "valid": valid | valid[p]})
+    torch.testing.assert_close(mixed, manual)
+    # linear: pooled embeddings mixed
+    lin = build_model(ModelConfig(model="linear", dim=8, n_classes=2))
+    pooled = torch.randn(2, 8)
+    torch.testing.assert_close(lin({"pooled": pooled}, (0.3, p)), lin.head(0.3 * pooled + 0.7 * pooled[p]))
+
+
+def test_random_frame_mixes_pixels(tiny_clip_path):
+    enc = load_encoder(f"clip:{tiny_clip_path}", device="cpu")
+    model = build_model(ModelConfig(model="random-frame", dim=enc.dim, n_classes=2), enc)
+    imgs = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
+    p = torch.tensor([1, 0])
+    mixed = model({"key_image": imgs}, (0.25, p))
+    x = enc.preprocess(imgs).float()
+    manual = model.head(enc.forward(0.25 * x + 0.75 * x[p]).float())
+    torch.testing.assert_close(mixed, manual, rtol=1e-4, atol=1e-4)
+
+
+def test_order_classes_need_the_transformer(order_store, tmp_path):
+    common = dict(epochs=25, batch_size=8, lr=1e-3)
+    tr = run_training(order_store, TrainConfig(model="transformer", **common), tmp_path / "t", progress=False)
+    lin = run_training(order_store, TrainConfig(model="linear", **common), tmp_path / "l", progress=False)
+    assert tr["n_test"] == 12
+    assert tr["accuracy"] >= 0.9, tr["accuracy"]
+    assert lin["accuracy"] <= 0.75, lin["accuracy"]  # chance is 0.5: the frame sets are the same
+    assert tr["accuracy"] > lin["accuracy"]
+
+
+@pytest.mark.parametrize("model, mixup", [("linear", False), ("linear", True), ("transformer", False),
+                                          ("transformer", True), ("random-frame", False), ("random-frame", True)])
+def test_content_classes_every_model_well_above_chance(content_store, tmp_path, model, mixup):
+    cfg = TrainConfig(model=model, mixup=mixup, epochs=30, batch_size=8, lr=3e-3)
+    m = run_training(content_store, cfg, tmp_path / "run", progress=False)
+    assert m["n_test"] == 8 and m["accuracy"] >= 0.75, m["accuracy"]  # chance: 0.25
+
+
+def test_streaming_when_frames_exceed_the_memory_budget(content_store, tmp_path):
+    with Store.open(content_store) as s:
+        ids = [v for v in s.videos.ids][:20]
+        data = load_split_data(s, ids, "transformer", torch.device("cpu"), memory_budget=20 * 10 * 256 * 4 // 2)
+        assert data.stream is not None and data.stream.block_videos < 20
+        seen = torch.cat([idx for idx, _ in data.batches(4, shuffle=torch.Generator().manual_seed(0))])
+        assert sorted(seen.tolist()) == list(range(20))
+        full = load_split_data(s, ids, "transformer", torch.device("cpu"))
+        for idx, batch in data.batches(4):
+            torch.testing.assert_close(batch["frames"], full.tensors["frames"][idx])
+    m = run_training(content_store, TrainConfig(model="transformer", epochs=30, batch_size=8, lr=3e-3,
+                                                memory_budget_mb=0), tmp_path / "run", progress=False)
+    assert m["accuracy"] >= 0.75
+
+
+def test_seeds_give_mean_and_std(content_store, tmp_path):
+    m = run_training(content_store, TrainConfig(model="linear", epochs=3, seeds=3), tmp_path / "run", progress=False)
+    assert len(m["per_seed"]) == 3
+    accs = [s["accuracy"] for s in m["per_seed"]]
+    assert m["accuracy"] == pytest.approx(np.mean(accs)) and m["accuracy_std"] == pytest.approx(np.std(accs))
+
+
+def test_finetune_trains_and_saves_the_encoder(tiny_clip_path, class_videos, tmp_path):
+    from classifiers.runs import load_run
+    videos, labels = class_videos
+    store = tmp_path / "store"
+    from vstore.labels import load_labels
+    build_store([videos], store, load_encoder(f"clip:{tiny_clip_path}", device="cpu"), labels=load_labels(labels),
+                config=BuildConfig(frames=4, workers=0), progress=False)
+    with Store.open(store) as s:
+        save_split(store, make_split(s, SplitConfig(test_size=0.25)))
+    run_training(store, TrainConfig(model="random-frame", finetune=True, mixup=True, epochs=2, encoder_lr=1e-3),
+                 tmp_path / "run", progress=False)
+    ck = load_run(tmp_path / "run", with_checkpoint=True).checkpoint
+    before = torch.load(tiny_clip_path, weights_only=True)
+    key = "visual.conv1.weight"
+    assert key in ck["state_dict"] and not torch.equal(ck["state_dict"][key], before[key])
