@@ -36,14 +36,12 @@ from vstore.fsutil import WriteLock
 from .download_log import (
     DOWNLOADED_NAME, FAILURES_NAME, INVALID, NO_CATEGORY, PERMANENT, RETRYABLE, BadDownload, CategoryCounts,
     DownloadedLog, DownloadedRow, DownloadFailure, DownloadFailures, DownloadSummary, VideoTable,
-    VideoTableError, category_of, finished_files, probe_download, read_video_table, remove_partials,
+    VideoTableError, category_of, finished_files, plan_run, probe_download, read_video_table, remove_partials,
 )
 
-__all__ = [
-    "DEFAULT_FORMAT", "DEFAULT_URL_TEMPLATE", "DOWNLOADED_NAME", "FAILURES_NAME", "CategoryCounts",
-    "DownloadBusyError", "DownloadConfig", "DownloadSummary", "RateGate", "VideoTableError", "classify_error",
-    "download_videos", "probe_download", "read_video_table",
-]
+__all__ = ["DEFAULT_FORMAT", "DEFAULT_URL_TEMPLATE", "DOWNLOADED_NAME", "FAILURES_NAME", "CategoryCounts",
+           "DownloadBusyError", "DownloadConfig", "DownloadSummary", "RateGate", "VideoTableError",
+           "classify_error", "download_videos", "probe_download", "read_video_table"]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +63,7 @@ class DownloadConfig:
     url_template: str = DEFAULT_URL_TEMPLATE
     # yt-dlp format selector (see DEFAULT_FORMAT). Single-file formats need no ffmpeg.
     format: str = DEFAULT_FORMAT
-    # Concurrent downloads, one thread and one yt_dlp.YoutubeDL each. YouTube answers bursts
-    # with HTTP 429, so a few at most.
+    # Concurrent downloads, one thread and one yt_dlp.YoutubeDL each (YouTube 429s bursts).
     jobs: int = 1
     # Extra attempts for a retryable failure within one run (0 = try once).
     retries: int = 3
@@ -79,8 +76,7 @@ class DownloadConfig:
     rate_limit_pause: float = 30.0
     # Seconds a stalled connection waits for data before it counts as a (retryable) timeout.
     socket_timeout: float = 30.0
-    # Netscape-format cookies file handed to yt-dlp (for "confirm you're not a bot"). Each
-    # worker gets a private copy: the user's file is never rewritten.
+    # Netscape cookies file for yt-dlp ("confirm you're not a bot"); workers use private copies.
     cookies: Optional[str] = None
     # Also try again the ids that failed retryably in an earlier run (permanent ones never).
     retry_failed: bool = False
@@ -94,18 +90,14 @@ class DownloadConfig:
             raise ValueError(f"url template {self.url_template!r} must contain {{id}}")
         if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
             raise ValueError(f"url template {self.url_template!r} must be an http:// or https:// URL")
-        if not self.format.strip():
-            raise ValueError("format must not be empty")
-        if not 1 <= int(self.jobs) <= 64:
-            raise ValueError(f"jobs must be in 1..64, got {self.jobs}")
-        if int(self.retries) < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
-        if self.backoff < 0 or self.rate_limit_pause < 0:
-            raise ValueError("backoff and rate_limit_pause must be >= 0")
-        if self.max_backoff < self.backoff:
-            raise ValueError(f"max_backoff ({self.max_backoff}) must be >= backoff ({self.backoff})")
-        if self.socket_timeout <= 0:
-            raise ValueError(f"socket_timeout must be > 0, got {self.socket_timeout}")
+        for ok, what in [(self.format.strip(), "format must not be empty"),
+                         (1 <= int(self.jobs) <= 64, f"jobs must be in 1..64, got {self.jobs}"),
+                         (int(self.retries) >= 0, f"retries must be >= 0, got {self.retries}"),
+                         (min(self.backoff, self.rate_limit_pause) >= 0, "backoff and rate_limit_pause must be >= 0"),
+                         (self.max_backoff >= self.backoff, f"max_backoff must be >= backoff ({self.backoff})"),
+                         (self.socket_timeout > 0, f"socket_timeout must be > 0, got {self.socket_timeout}")]:
+            if not ok:
+                raise ValueError(what)
 
     def url(self, vid: str) -> str:
         return self.url_template.format(id=vid)
@@ -130,12 +122,9 @@ _PERMANENT_TEXT = re.compile(
     r"has been removed|removed by the uploader|account .{0,60} terminated|copyright|"
     r"not (made this video )?available in your country|geo.?restrict|blocked it in your country|"
     r"unsupported url|is not a valid url|members.only|join this channel|confirm your age|age.restricted|"
-    r"requested format is not available|no video formats found|ffmpeg is not installed|"
     r"premieres in|live event will begin|does not exist", re.I)
-_TRANSIENT_TEXT = re.compile(
-    r"timed? ?out|connection (reset|refused|aborted)|remote end closed|broken pipe|incomplete ?read|"
-    r"downloaded \d+ bytes, expected \d+ bytes|did not get any data|name resolution|"
-    r"network is unreachable|eof occurred|ssl|temporar", re.I)
+# Not listed as permanent, as they mostly mean a problem here, not with the video: "Requested
+# format is not available" (e.g. no JavaScript runtime for YouTube), "ffmpeg is not installed".
 _HTTP_STATUS = re.compile(r"HTTP Error (\d{3})")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -166,7 +155,7 @@ def _reason(exc: BaseException) -> str:
 def classify_error(exc: BaseException) -> Classified:
     """Permanent (removed, private, geo-blocked, unsupported, HTTP 4xx) or retryable (HTTP 429,
     408 and 5xx, timeouts, resets, short reads, anything unrecognised) for a yt-dlp failure."""
-    from yt_dlp.networking.exceptions import HTTPError, TransportError
+    from yt_dlp.networking.exceptions import HTTPError
     reason = _reason(exc)
     chain = list(_chain(exc))
     status, retry_after = None, None
@@ -190,10 +179,9 @@ def classify_error(exc: BaseException) -> Classified:
             return Classified(PERMANENT, reason)
     if _PERMANENT_TEXT.search(reason):
         return Classified(PERMANENT, reason)
-    if any(isinstance(e, (TransportError, TimeoutError, ConnectionError)) for e in chain) \
-            or _TRANSIENT_TEXT.search(reason):
-        return Classified(RETRYABLE, reason)
-    return Classified(RETRYABLE, reason)  # unrecognised: worth another try, bounded by --retries
+    # Transport trouble (timeouts, resets, short reads: "Downloaded N bytes, expected M") and
+    # anything unrecognised: worth another try, bounded by --retries.
+    return Classified(RETRYABLE, reason)
 
 
 # -- pacing -----------------------------------------------------------------------------------------
@@ -244,12 +232,27 @@ class _Cancelled(BaseException):
 
 
 class _YtdlpLog:
-    """yt-dlp's own messages go to the debug log; failures are reported by us."""
+    """yt-dlp's messages go to the debug log (failures are reported by us), except its
+    warnings, shown once each: e.g. that YouTube extraction lacks a JavaScript runtime."""
+
+    def __init__(self, max_shown: int = 20) -> None:
+        self._shown: set[str] = set()
+        self._lock, self.max_shown = threading.Lock(), max_shown
 
     def debug(self, msg: str) -> None:
         log.debug("yt-dlp: %s", msg)
 
-    info = warning = error = debug
+    info = error = debug
+
+    def warning(self, msg: str) -> None:
+        text = re.sub(r"^(WARNING:\s*)?(\[[\w:]+\]\s*)?([\w-]+:\s)?", "", _ANSI.sub("", msg)).strip()
+        with self._lock:
+            new = text not in self._shown and len(self._shown) < self.max_shown
+            self._shown.add(text)
+        if new:
+            log.warning("yt-dlp: %s", text)
+        else:
+            log.debug("yt-dlp: %s", msg)
 
 
 @dataclass
@@ -273,6 +276,7 @@ class _Downloader:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._instances: list[Any] = []
+        self._ytdlp_log = _YtdlpLog()
         self._tmp = Path(tempfile.mkdtemp(prefix="vstore-download-")) if config.cookies else None
 
     def close(self) -> None:
@@ -296,7 +300,7 @@ class _Downloader:
                 "paths": {"home": str(self.out_dir)},
                 "outtmpl": {"default": "%(vstore_id)s.%(ext)s"},  # the validated id, never the title
                 "format": self.config.format,
-                "quiet": True, "noprogress": True, "logger": _YtdlpLog(), "color": "no_color",
+                "quiet": True, "noprogress": True, "logger": self._ytdlp_log, "color": "no_color",
                 "retries": 0, "extractor_retries": 0, "fragment_retries": 3,  # retrying is ours
                 "socket_timeout": self.config.socket_timeout,
                 "noplaylist": True, "cachedir": False, "continuedl": True, "updatetime": False,
@@ -320,9 +324,7 @@ class _Downloader:
                 self.bytes += delta
 
     def _wait(self, seconds: float) -> None:
-        if seconds > 0 and self.stop.wait(seconds):
-            raise _Cancelled()
-        if self.stop.is_set():
+        if (seconds > 0 and self.stop.wait(seconds)) or self.stop.is_set():
             raise _Cancelled()
 
     def _fetch(self, vid: str, url: str) -> tuple[Path, dict]:
@@ -422,32 +424,8 @@ def _run(table: VideoTable, out: Path, config: DownloadConfig, progress: bool, t
     summary = DownloadSummary(out, duplicate_rows=table.duplicate_rows, ambiguous=sorted(table.ambiguous))
     downloaded = DownloadedLog(out)
     failures = DownloadFailures(out)
-    invalid = [DownloadFailure(e.shown, "", INVALID, f"line {e.line}: {e.reason}" + (
-        f" ({e.rows} rows)" if e.rows > 1 else "")) for e in table.invalid]
-    failures.set_invalid(invalid)
-    summary.failures.extend(invalid)
-    for e in table.invalid:
-        c = summary.counts(e.category or NO_CATEGORY)
-        c.found += 1
-        c.invalid += 1
-    todo: list[str] = []
-    for vid, entry in table.entries.items():
-        c = summary.counts(category_of(entry))
-        c.found += 1
-        old = failures.old.get(vid)
-        if vid in downloaded:
-            c.present += 1
-        elif old is not None and old.kind != INVALID and old.url == config.url(vid) and not (
-                old.kind == RETRYABLE and config.retry_failed):
-            if old.kind == PERMANENT:
-                c.permanent += 1
-                summary.earlier_permanent += 1
-            else:
-                c.retryable += 1
-                summary.earlier_retryable += 1
-        else:
-            todo.append(vid)
-    existing = finished_files(out)
+    todo = plan_run(table, downloaded, failures, summary, config.url, config.retry_failed)
+    existing = finished_files(out)  # complete files without a row: adopted after a probe
     log.info("%d ids in %s: %d already downloaded, %d failed earlier and left alone, %d to fetch",
              len(table.entries), table.path, sum(c.present for c in summary.categories.values()),
              summary.earlier_permanent + summary.earlier_retryable, len(todo))

@@ -16,10 +16,11 @@ import csv
 import io
 import logging
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import av
 
@@ -50,14 +51,14 @@ class VideoTableError(VStoreError):
 
 def printable(s: str, limit: int = 80) -> str:
     """``s`` made safe for a one-line report: control characters escaped, long text shortened."""
-    out = "".join(c if unicodedata.category(c)[0] != "C" or c == " " else f"\\x{ord(c):02x}"
+    out = "".join(c if unicodedata.category(c)[0] != "C" else f"\\x{ord(c):02x}"
                   if ord(c) < 256 else f"\\u{ord(c):04x}" for c in s[:limit + 1])
     return out[:limit] + f"... ({len(s)} characters)" if len(s) > limit else out
 
 
 def one_line(s: str) -> str:
     """Newlines and other control characters -> spaces (titles and categories in the CSVs)."""
-    return " ".join("".join(" " if unicodedata.category(c)[0] == "C" else c for c in s).split())
+    return " ".join("".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in s).split())
 
 
 def check_id(vid: str) -> Optional[str]:
@@ -77,7 +78,6 @@ class TableEntry:
     line: int  # line of the first row listing it
     categories: set[str] = field(default_factory=set)
     title: str = ""
-    rows: int = 1
 
     @property
     def category(self) -> str:
@@ -115,24 +115,18 @@ class VideoTable:
         return {v: e.categories for v, e in self.entries.items() if e.ambiguous}
 
 
-def _csv_header(first_line: str, dialect: str) -> Optional[list[str]]:
-    try:
-        header = next(csv.reader([first_line], dialect=dialect))
-    except (csv.Error, StopIteration):
-        return None
-    names = [h.strip().lower() for h in header]
-    return names if any(n in ID_COLUMNS for n in names) else None
-
-
 def _rows(text: str, path: Path) -> tuple[Iterable[tuple[int, str, str, str]], bool]:
     """(line, raw id, category, title) of each row, and whether the table has a category column."""
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     dialect = "excel-tab" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else "excel"
-    header = _csv_header(first, dialect)
-    if header is None:  # a plain list: one id or URL per line
+    try:
+        header = [h.strip().lower() for h in next(csv.reader([first], dialect=dialect))]
+    except (csv.Error, StopIteration):
+        header = []
+    if not any(h in ID_COLUMNS for h in header):  # a plain list: one id or URL per line
         return ((i, ln.strip(), "", "") for i, ln in enumerate(text.splitlines(), 1) if ln.strip()), False
     reader = csv.reader(io.StringIO(text, newline=""), dialect=dialect)
-    names = [h.strip().lower() for h in next(reader)]
+    names = [h.strip().lower() for h in next(r for r in reader if any(c.strip() for c in r))]
     id_col = next(names.index(c) for c in ID_COLUMNS if c in names)
     label_col = next((names.index(c) for c in LABEL_COLUMNS if c in names), None)
     title_col = next((names.index(c) for c in TITLE_COLUMNS if c in names), None)
@@ -176,7 +170,6 @@ def read_video_table(path: str | Path) -> VideoTable:
         category, title = one_line(category), one_line(title)
         if vid in table.entries:
             entry = table.entries[vid]
-            entry.rows += 1
             table.duplicate_rows += 1
             if category:
                 entry.categories.add(category)
@@ -264,6 +257,38 @@ def category_of(entry: TableEntry) -> str:
     return AMBIGUOUS if entry.ambiguous else (entry.category or NO_CATEGORY)
 
 
+
+def plan_run(table: VideoTable, downloaded: "DownloadedLog", failures: "DownloadFailures", summary: DownloadSummary,
+             url_of: Callable[[str], str], retry_failed: bool) -> list[str]:
+    """Count what is settled before any request (rejected ids, finished videos, earlier failures
+    left alone) into ``summary``; returns the ids to fetch, in table order."""
+    invalid = [DownloadFailure(e.shown, "", INVALID, f"line {e.line}: {e.reason}" + (
+        f" ({e.rows} rows)" if e.rows > 1 else "")) for e in table.invalid]
+    failures.set_invalid(invalid)
+    summary.failures.extend(invalid)
+    for e in table.invalid:
+        c = summary.counts(e.category or NO_CATEGORY)
+        c.found += 1
+        c.invalid += 1
+    todo: list[str] = []
+    for vid, entry in table.entries.items():
+        c = summary.counts(category_of(entry))
+        c.found += 1
+        old = failures.old.get(vid)
+        if vid in downloaded:
+            c.present += 1
+        elif (old is not None and old.kind != INVALID and old.url == url_of(vid)  # same URL, not to retry
+              and not (old.kind == RETRYABLE and retry_failed)):
+            setattr(c, old.kind, getattr(c, old.kind) + 1)
+            if old.kind == PERMANENT:
+                summary.earlier_permanent += 1
+            else:
+                summary.earlier_retryable += 1
+        else:
+            todo.append(vid)
+    return todo
+
+
 # -- downloaded.csv ---------------------------------------------------------------------------------
 
 @dataclass
@@ -324,13 +349,9 @@ class DownloadedLog:
         self.path = self.out_dir / DOWNLOADED_NAME
         self.rows: dict[str, DownloadedRow] = {}
         raw, dirty = _read_csv(self.path)
-        for r in raw:
-            row = self._parse(r)
-            if row is None:
-                dirty = True
-                continue
-            self.rows[row.id] = row
-        if dirty:
+        parsed = [self._parse(r) for r in raw]
+        self.rows.update((row.id, row) for row in parsed if row is not None)
+        if dirty or None in parsed:
             self.rewrite()
 
     def _parse(self, r: dict[str, str]) -> Optional[DownloadedRow]:
@@ -342,10 +363,8 @@ class DownloadedLog:
             log.warning("%s: %s was recorded as downloaded but %s is gone; it will be fetched again",
                         self.path, vid, name)
             return None
-        try:
-            duration = float(r["duration"]) if r.get("duration") else None
-        except ValueError:
-            duration = None
+        duration = r.get("duration") or ""
+        duration = float(duration) if re.fullmatch(r"\d+(\.\d*)?", duration) else None
         return DownloadedRow(vid, r.get("category") or "", name, duration, r.get("title") or "")
 
     def __contains__(self, vid: str) -> bool:

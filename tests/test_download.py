@@ -419,9 +419,9 @@ def test_read_video_table_forms(tmp_path):
     tsv.write_text("video_id\tlabel\nabc\tx\n")
     assert read_video_table(tsv).entries["abc"].category == "x"
     ids_only = tmp_path / "ids.csv"
-    ids_only.write_text("id,title\nabc,Some title\n")
+    ids_only.write_text("\n\nid,title\nabc,Some title \U0001F469\u200d\U0001F373\n")
     entry = read_video_table(ids_only).entries["abc"]
-    assert entry.category == "" and entry.title == "Some title"
+    assert entry.category == "" and entry.title == "Some title \U0001F469\u200d\U0001F373"  # emoji kept whole
     table = read_video_table(SLICE)
     assert len(table.entries) == 32 and [e.raw for e in table.invalid] == ["#NAME?"]
     assert table.invalid[0].rows == 2 and table.duplicate_rows == 3
@@ -583,6 +583,7 @@ def test_a_second_run_on_the_same_out_is_refused(server, tmp_path):
     ("ERROR: \r[download] Got error: Downloaded 1000 bytes, expected 44891 bytes", "retryable", False),
     ("ERROR: \r[download] Got error: timed out", "retryable", False),
     ("ERROR: [Errno 104] Connection reset by peer", "retryable", False),
+    ("ERROR: [youtube] abc: Requested format is not available. Use --list-formats", "retryable", False),
     ("ERROR: something nobody has seen before", "retryable", False),
 ])
 def test_classify_error(message, kind, limited):
@@ -607,3 +608,16 @@ def test_rate_gate_pauses_everyone_after_429_and_relaxes():
     gate.succeeded()
     gate.succeeded()
     assert gate.spacing == 0.0 and gate.reserve() == 0
+
+
+def test_ytdlp_warnings_are_shown_once_each(caplog):
+    from encoders.download import _YtdlpLog
+    ylog = _YtdlpLog(max_shown=2)
+    with caplog.at_level("WARNING", logger="encoders.download"):
+        for vid in ("abc", "def"):
+            ylog.warning(f"WARNING: [youtube] {vid}: No supported JavaScript runtime could be found.")
+        ylog.warning("WARNING: another")
+        ylog.warning("WARNING: a third, past the limit")
+        ylog.error("ERROR: reported by vstore itself")
+    assert [r.getMessage() for r in caplog.records] == [
+        "yt-dlp: No supported JavaScript runtime could be found.", "yt-dlp: another"]
