@@ -9,9 +9,12 @@ import click
 from vstore.errors import VStoreError
 
 EPILOG = """\b
-Typical session:
-  vstore build videos/ --store runs/store --labels youtube.csv
-  vstore info runs/store
+Start with `vstore demo`. A typical session on your own videos:
+  vstore download youtube.csv --out videos/
+  vstore build videos/ --store runs/store --labels videos/downloaded.csv
+  vstore split runs/store
+  vstore train runs/store --model linear --mixup --out runs/linear-mixup
+  vstore index runs/store && vstore search runs/store --text "a plate of pasta"
 """
 
 
@@ -48,8 +51,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from . import build_cmds, download_cmds, search_cmds, store_cmds, train_cmds
-    for module in (download_cmds, build_cmds, store_cmds, train_cmds, search_cmds):
+    from . import build_cmds, demo_cmds, download_cmds, search_cmds, store_cmds, train_cmds
+    for module in (demo_cmds, download_cmds, build_cmds, store_cmds, train_cmds, search_cmds):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 
