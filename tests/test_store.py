@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vstore import (IncompatibleEncoderError, Store, StoreConfig, StoreCorruptError, StoreLockedError,
-                    StoreNotFoundError, StoreWriter, UnknownVideoError, VideoEntry, VStoreError, compact, verify)
+                    StoreNotFoundError, StoreWriteError, StoreWriter, UnknownVideoError, VideoEntry, VStoreError, compact, verify)
 from vstore.fsutil import WriteLock
 from vstore.manifest import read_manifest
 
@@ -241,7 +241,7 @@ def test_disk_full_during_commit_leaves_manifest_and_no_temp(store, monkeypatch)
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StoreWriteError, match="No space left on device.*videos committed so far are intact"):
         with StoreWriter(path, ENC) as w:
             w.add(entry(200, np.random.default_rng(0)))
             monkeypatch.setattr(segment.os, "fsync", full)

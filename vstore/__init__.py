@@ -5,7 +5,7 @@ This package knows vectors and their metadata, whoever made them; it imports not
 """
 from .config import StoreConfig
 from .errors import (IncompatibleEncoderError, LabelsError, SplitError, StoreCorruptError, StoreLockedError,
-                     StoreNotFoundError, UnknownVideoError, VStoreError)
+                     StoreNotFoundError, StoreWriteError, UnknownVideoError, VStoreError)
 from .maintenance import compact, verify
 from .records import VideoEntry, VideoTable, key_frame_index
 from .store import FrameBlock, PaddedVideos, Store
@@ -15,5 +15,5 @@ __all__ = [
     "Store", "StoreWriter", "StoreConfig", "VideoEntry", "VideoTable", "FrameBlock", "PaddedVideos",
     "key_frame_index", "compact", "verify",
     "VStoreError", "StoreNotFoundError", "StoreCorruptError", "StoreLockedError", "IncompatibleEncoderError",
-    "UnknownVideoError", "LabelsError", "SplitError",
+    "UnknownVideoError", "LabelsError", "SplitError", "StoreWriteError",
 ]

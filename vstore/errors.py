@@ -22,6 +22,10 @@ class StoreCorruptError(VStoreError):
         self.path = path
 
 
+class StoreWriteError(VStoreError):
+    """Writing to the store failed (disk full, permissions...); committed data is intact."""
+
+
 class StoreLockedError(VStoreError):
     """Another process holds the store's write lock."""
 
@@ -43,3 +47,31 @@ class LabelsError(VStoreError):
 
 class SplitError(VStoreError):
     """A split that is missing or cannot be made."""
+
+
+class VectorIndexError(VStoreError):
+    """A problem with a store's search index (``STORE/index/``)."""
+
+
+class IndexNotFoundError(VectorIndexError):
+    """The store has no search index yet."""
+
+
+class StaleIndexError(VectorIndexError):
+    """The index covers an older state of the store than the one being searched."""
+
+
+class IndexDamagedError(VectorIndexError):
+    """An index file is missing, truncated or fails its checksum; ``path`` names it."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class IndexBuildError(VectorIndexError):
+    """An index that cannot be built with the settings given (bad factory string, too few vectors)."""
+
+
+class QueryError(VStoreError):
+    """A search query that cannot be used (wrong dimension, unreadable file, unknown frame)."""

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import StoreCorruptError
+from .errors import StoreCorruptError, StoreWriteError
 from .fsutil import WriteLock, command_line, fsync_dir
 from .manifest import SEGMENT_DIR, SegmentEntry, read_manifest, write_manifest
 from .records import VideoEntry
@@ -90,9 +90,12 @@ def compact(path: str | Path, max_frames_per_segment: int = 262_144) -> CompactR
                     reader.close()
             flush()
             write_manifest(path, m.next(segments=tuple(new_entries)))
-        except BaseException:
+        except BaseException as e:
             for p in written:
                 p.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise StoreWriteError(f"compaction of {path} failed ({e.strerror or e}); the store is unchanged. "
+                                      "Free disk space and rerun") from e
             raise
         for entry in m.segments:  # no longer listed: safe to delete
             (path / entry.file).unlink(missing_ok=True)

@@ -193,7 +193,7 @@ class SegmentReader:
         except StoreCorruptError:
             self.file.close()
             raise
-        except (OSError, KeyError, ValueError, TypeError) as e:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # HDF5 reports damage as any of these
             self.file.close()
             raise StoreCorruptError(f"segment {where} is damaged ({type(e).__name__}: {e})", where) from e
 
@@ -227,7 +227,7 @@ class SegmentReader:
     def _guard(self, fn, *args):
         try:
             return fn(*args)
-        except OSError as e:
+        except (OSError, RuntimeError, ValueError) as e:
             raise StoreCorruptError(
                 f"segment {self.path} is damaged ({e}); run `vstore verify {self.path.parent.parent} --repair` "
                 "to drop it, then rebuild to re-add its videos", str(self.path)) from e

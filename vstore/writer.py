@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import IncompatibleEncoderError, VStoreError
+from .errors import IncompatibleEncoderError, StoreWriteError, VStoreError
 from .fsutil import WriteLock, command_line, remove_temp_files
 from .manifest import SEGMENT_DIR, Manifest, SegmentEntry, read_manifest, write_manifest
 from .records import VideoEntry
@@ -112,7 +112,10 @@ class StoreWriter:
             return
         m = self.manifest
         name = f"{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}.h5"
-        path, size, digest = write_segment(self.path / SEGMENT_DIR, name, self._buffer, m.config, self.dim)
+        try:
+            path, size, digest = write_segment(self.path / SEGMENT_DIR, name, self._buffer, m.config, self.dim)
+        except OSError as e:
+            raise self._write_error(e) from e
         n_frames = sum(e.n_frames for e in self._buffer)
         labels = set(m.label_names) | {e.label for e in self._buffer if e.label}
         new = m.next(
@@ -122,8 +125,10 @@ class StoreWriter:
         )
         try:
             write_manifest(self.path, new)
-        except BaseException:
+        except BaseException as e:
             path.unlink(missing_ok=True)  # not committed: do not leave an orphan behind
+            if isinstance(e, OSError):
+                raise self._write_error(e) from e
             raise
         self.manifest = new
         self.committed |= self._buffer_ids
@@ -133,6 +138,11 @@ class StoreWriter:
         if self.on_commit:
             self.on_commit(len(self._buffer), new.generation)
         self._buffer, self._buffer_ids = [], set()
+
+    def _write_error(self, e: OSError) -> StoreWriteError:
+        return StoreWriteError(
+            f"could not write to {self.path} ({e.strerror or e}); free disk space (or fix permissions) and "
+            f"rerun: the {self.manifest.n_videos} videos committed so far are intact")
 
     def close(self) -> None:
         try:
@@ -149,7 +159,7 @@ class StoreWriter:
             return
         # An error elsewhere (or Ctrl-C): keep the complete videos we have, then let it propagate.
         try:
-            if self._buffer and not isinstance(exc, OSError):
+            if self._buffer and not isinstance(exc, (OSError, StoreWriteError)):
                 log.warning("committing %d finished video(s) before stopping", len(self._buffer))
                 self.commit()
         except Exception as e:  # pragma: no cover - reported, the original error wins
