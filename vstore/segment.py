@@ -16,6 +16,7 @@ raise ``StoreCorruptError`` instead of returning wrong vectors.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -92,57 +93,64 @@ def write_segment(directory: Path, final_name: str, entries: Sequence[VideoEntry
     has_key = np.array([e.key_frame_embedding is not None for e in entries], dtype=bool)
     images = [e.key_frame_image for e in entries if e.key_frame_image is not None]
 
+    # The file is composed in memory and written out with plain file I/O: HDF5 never writes to
+    # disk itself, so a full disk is an ordinary OSError (HDF5 hitting ENOSPC while closing a
+    # file can crash the process) and the write is one sequential stream.
+    buffer = io.BytesIO()
+    # libver v110: object headers and chunk indexes carry checksums of their own.
+    with h5py.File(buffer, "w", libver=("v110", "latest")) as f:
+        f.attrs.update({
+            "format": SEGMENT_FORMAT, "format_version": SEGMENT_FORMAT_VERSION,
+            "n_videos": len(entries), "n_frames": total, "dim": dim, "dtype": cfg.dtype,
+            "strings_sha256": strings_digest(ids, labels, sources),
+        })
+        v = f.create_group("videos")
+        v.create_dataset("id", data=np.array(ids, dtype=object), dtype=_STR)
+        v.create_dataset("label", data=np.array(labels, dtype=object), dtype=_STR)
+        v.create_dataset("source", data=np.array(sources, dtype=object), dtype=_STR)
+        numeric = {
+            "n_frames": n_frames.astype(np.int32),
+            "frame_offset": offsets,
+            "total_frames": np.array([e.total_frames for e in entries], dtype=np.int64),
+            "duration": np.array([e.duration for e in entries], dtype=np.float64),
+            "key_frame_index": np.array([e.key_frame_index for e in entries], dtype=np.int64),
+            "key_frame_time": np.array([e.key_frame_time for e in entries], dtype=np.float64),
+            "has_key_frame": has_key,
+        }
+        for name, arr in numeric.items():
+            _dataset(v, name, arr, cfg, chunks=(len(arr),))
+        if has_key.any():
+            key_emb = np.zeros((len(entries), dim), dtype=dtype)
+            for i, e in enumerate(entries):
+                if e.key_frame_embedding is not None:
+                    key_emb[i] = e.key_frame_embedding
+            _dataset(v, "key_frame_embedding", key_emb, cfg, chunks=(len(entries), dim))
+        if images:
+            shape = images[0].shape
+            img = np.zeros((len(entries),) + shape, dtype=np.uint8)
+            for i, e in enumerate(entries):
+                if e.key_frame_image is not None:
+                    if e.key_frame_image.shape != shape:
+                        raise ValueError(f"video {e.id}: key frame {e.key_frame_image.shape} != {shape}")
+                    img[i] = e.key_frame_image
+            _dataset(v, "key_frame_image", img, cfg, chunks=(1,) + shape,
+                     compression=cfg.image_compression)
+
+        fr = f.create_group("frames")
+        emb = np.concatenate([e.embeddings for e in entries]).astype(dtype, copy=False)  # (F, D)
+        _dataset(fr, "embedding", emb, cfg, chunks=(min(total, cfg.chunk_rows), dim))
+        _dataset(fr, "frame_index", np.concatenate([e.frame_index for e in entries]), cfg)
+        _dataset(fr, "timestamp", np.concatenate([e.timestamp for e in entries]), cfg)
+        _dataset(fr, "video", np.repeat(np.arange(len(entries), dtype=np.int32), n_frames), cfg)
+    data = buffer.getbuffer()
     tmp = temp_path(directory, ".h5")
     try:
-        # libver v110: object headers and chunk indexes carry checksums of their own.
-        with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
-            f.attrs.update({
-                "format": SEGMENT_FORMAT, "format_version": SEGMENT_FORMAT_VERSION,
-                "n_videos": len(entries), "n_frames": total, "dim": dim, "dtype": cfg.dtype,
-                "strings_sha256": strings_digest(ids, labels, sources),
-            })
-            v = f.create_group("videos")
-            v.create_dataset("id", data=np.array(ids, dtype=object), dtype=_STR)
-            v.create_dataset("label", data=np.array(labels, dtype=object), dtype=_STR)
-            v.create_dataset("source", data=np.array(sources, dtype=object), dtype=_STR)
-            numeric = {
-                "n_frames": n_frames.astype(np.int32),
-                "frame_offset": offsets,
-                "total_frames": np.array([e.total_frames for e in entries], dtype=np.int64),
-                "duration": np.array([e.duration for e in entries], dtype=np.float64),
-                "key_frame_index": np.array([e.key_frame_index for e in entries], dtype=np.int64),
-                "key_frame_time": np.array([e.key_frame_time for e in entries], dtype=np.float64),
-                "has_key_frame": has_key,
-            }
-            for name, arr in numeric.items():
-                _dataset(v, name, arr, cfg, chunks=(len(arr),))
-            if has_key.any():
-                key_emb = np.zeros((len(entries), dim), dtype=dtype)
-                for i, e in enumerate(entries):
-                    if e.key_frame_embedding is not None:
-                        key_emb[i] = e.key_frame_embedding
-                _dataset(v, "key_frame_embedding", key_emb, cfg, chunks=(len(entries), dim))
-            if images:
-                shape = images[0].shape
-                img = np.zeros((len(entries),) + shape, dtype=np.uint8)
-                for i, e in enumerate(entries):
-                    if e.key_frame_image is not None:
-                        if e.key_frame_image.shape != shape:
-                            raise ValueError(f"video {e.id}: key frame {e.key_frame_image.shape} != {shape}")
-                        img[i] = e.key_frame_image
-                _dataset(v, "key_frame_image", img, cfg, chunks=(1,) + shape,
-                         compression=cfg.image_compression)
-
-            fr = f.create_group("frames")
-            emb = np.concatenate([e.embeddings for e in entries]).astype(dtype, copy=False)  # (F, D)
-            _dataset(fr, "embedding", emb, cfg, chunks=(min(total, cfg.chunk_rows), dim))
-            _dataset(fr, "frame_index", np.concatenate([e.frame_index for e in entries]), cfg)
-            _dataset(fr, "timestamp", np.concatenate([e.timestamp for e in entries]), cfg)
-            _dataset(fr, "video", np.repeat(np.arange(len(entries), dtype=np.int32), n_frames), cfg)
-        with open(tmp, "rb+") as fh:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
             os.fsync(fh.fileno())
-        size = tmp.stat().st_size
-        digest = file_sha256(tmp)
+        size = len(data)
+        digest = hashlib.sha256(data).hexdigest()
         final = directory / final_name
         os.replace(tmp, final)
     except BaseException:
