@@ -256,19 +256,33 @@ class Store:
             video_of_row_base += seg.n_videos
 
     def frame_refs(self, rows: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Map global frame rows to (video ids, frame indices, timestamps)."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """Map global frame rows to (video ids, frame indices, timestamps).
+
+        Vectorised: per segment, only the HDF5 chunks holding requested rows are read."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         table = self.videos
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_frames):
+            raise IndexError(f"frame rows must be in 0..{self.n_frames - 1}")
         vrow = np.searchsorted(table.frame_start, rows, side="right") - 1
         frame_index = np.empty(len(rows), dtype=np.int64)
         timestamp = np.empty(len(rows), dtype=np.float64)
-        bases = np.concatenate([[0], np.cumsum([s.n_frames for s in self.segments])])
-        for i, (row, vr) in enumerate(zip(rows, vrow)):
-            seg_pos = int(table.segment[vr])
-            local = int(row - bases[seg_pos])
-            seg = self.segments[seg_pos]
-            frame_index[i] = seg.read_frame_column("frame_index", local, local + 1)[0]
-            timestamp[i] = seg.read_frame_column("timestamp", local, local + 1)[0]
+        bases = np.concatenate([[0], np.cumsum([s.n_frames for s in self.segments])]).astype(np.int64)
+        seg_of = table.segment[vrow] if len(rows) else np.zeros(0, np.int32)
+        for seg_pos in np.unique(seg_of):
+            sel = np.flatnonzero(seg_of == seg_pos)
+            seg = self.segments[int(seg_pos)]
+            local = rows[sel] - bases[seg_pos]
+            chunk = max(1, seg.chunk_rows)
+            chunks = np.unique(local // chunk)
+            # runs of consecutive chunks -> one read each
+            runs = np.split(chunks, np.flatnonzero(np.diff(chunks) != 1) + 1)
+            for run in runs:
+                a, b = int(run[0]) * chunk, min(int(run[-1] + 1) * chunk, seg.n_frames)
+                inside = (local >= a) & (local < b)
+                fi = seg.read_frame_column("frame_index", a, b)
+                ts = seg.read_frame_column("timestamp", a, b)
+                frame_index[sel[inside]] = fi[local[inside] - a]
+                timestamp[sel[inside]] = ts[local[inside] - a]
         return [table.ids[v] for v in vrow], frame_index, timestamp
 
     def video_means(self, video_ids: Optional[Sequence[str]] = None, normalize: bool = False) -> np.ndarray:
@@ -361,6 +375,16 @@ class Store:
                     embs = np.zeros((len(rows), emb.shape[1]), dtype=emb.dtype)
                 embs[sel] = emb
         return images, embs
+
+    # -- search ----------------------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int = 10, **kwargs) -> list:
+        """The ``k`` nearest stored frames to ``query`` (D,) or (Q, D), from the store's index.
+
+        Same keywords as ``vstore.search.search``: label, split, exclude_videos, per_video,
+        nprobe, ef, refresh, level. Returns a list of ``Hit`` (one list per query for (Q, D)).
+        """
+        from .search import search
+        return search(self, query, k, **kwargs)
 
 
 def _segment_sum(sums: np.ndarray, video_rows: np.ndarray, emb: np.ndarray) -> None:

@@ -1,0 +1,294 @@
+"""Building and updating a store's FAISS indexes (the write side of ``vstore.index``).
+
+Rows are streamed from the store in chunk-aligned blocks, so memory holds one block plus the
+index itself (IVF k-means trains on a sample). FAISS ids are global frame rows and store
+video rows, added in order: an append adds exactly rows ``frames..n_frames-1``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from .errors import IndexBuildError, IndexDamagedError
+from .fsutil import TMP_PREFIX, WriteLock, atomic_write_json, command_line, fsync_dir, fsync_file, temp_path
+from .index import (_CACHE, META_NAME, IndexConfig, IndexMeta, IndexPart, _read_part, check_part, factory_for,
+                    index_dir, index_status, new_index, prefix_fingerprint, prepare, read_meta, train,
+                    train_rows_for)
+from .manifest import read_manifest
+from .segment import file_sha256
+from .store import LOCK_NAME, Store
+
+log = logging.getLogger(__name__)
+
+
+# -- reading the store ----------------------------------------------------------------------
+def iter_rows(store: Store, start: int = 0, block_rows: int = 32_768) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first global row, embeddings (R, D) float32, video rows (R,)) from row ``start`` on,
+    in chunk-aligned blocks (like ``Store.iter_blocks``, which always starts at row 0)."""
+    base, vbase = 0, 0
+    for seg in store.segments:
+        if base + seg.n_frames > start:
+            chunk = seg.chunk_rows
+            step = max(chunk, -(-block_rows // chunk) * chunk)
+            a = max(0, start - base)
+            videos = seg.read_frame_column("video", a).astype(np.int64) + vbase  # (F - a,)
+            a0 = a
+            while a < seg.n_frames:
+                b = min((a // step + 1) * step, seg.n_frames)
+                emb = seg.read_embeddings(a, b, out=np.empty((b - a, seg.dim), dtype=np.float32))
+                yield base + a, emb, videos[a - a0:b - a0]
+                a = b
+        base += seg.n_frames
+        vbase += seg.n_videos
+
+
+def sample_rows(store: Store, rows: np.ndarray, block_rows: int) -> np.ndarray:
+    """(len(rows), D) float32 embeddings of sorted global ``rows``, streamed block by block."""
+    out = np.empty((len(rows), store.dim), dtype=np.float32)
+    filled = 0
+    for start, emb, _ in iter_rows(store, int(rows[0]) if len(rows) else store.n_frames, block_rows):
+        hi = np.searchsorted(rows, start + len(emb))
+        out[filled:hi] = emb[rows[filled:hi] - start]
+        filled = hi
+        if filled == len(rows):
+            break
+    assert filled == len(rows), (filled, len(rows))
+    return out
+
+
+class _MeanAccumulator:
+    """Per-video mean embeddings from a stream of (video rows, embeddings) blocks in store order."""
+
+    def __init__(self, n_frames: np.ndarray, first_video: int, n_videos: int, dim: int):
+        self.n_frames = n_frames
+        self.first = first_video
+        self.sums = np.zeros((n_videos, dim), dtype=np.float64)  # (V_new, D)
+        self.counts = np.zeros(n_videos, dtype=np.int64)
+
+    def add(self, video_rows: np.ndarray, emb: np.ndarray) -> None:
+        starts = np.flatnonzero(np.r_[True, video_rows[1:] != video_rows[:-1]])
+        pos = video_rows[starts] - self.first
+        self.sums[pos] += np.add.reduceat(emb.astype(np.float64), starts, axis=0)
+        self.counts[pos] += np.diff(np.r_[starts, len(video_rows)])
+
+    def means(self) -> np.ndarray:
+        expected = self.n_frames[self.first:self.first + len(self.counts)]
+        assert (self.counts == expected).all(), "every frame of every new video was read"
+        return (self.sums / np.maximum(self.counts, 1)[:, None]).astype(np.float32)
+
+
+# -- building -------------------------------------------------------------------------------
+@dataclass
+class IndexReport:
+    action: str  # built | appended | unchanged | relabelled (metadata only)
+    reason: str
+    frames_added: int
+    videos_added: int
+    frames: int
+    videos: int
+    factory: str
+    video_factory: str
+    metric: str
+    generation: int
+    seconds: float
+
+
+def _new_parts(store: Store, config: IndexConfig, progress: bool) -> tuple[faiss.Index, faiss.Index, int]:
+    """Build both indexes from scratch: (frame index, video index, trained rows)."""
+    n, d = store.n_frames, int(store.dim)
+    frames = new_index(config, factory_for(config, n, d), d)
+    n_train = train_rows_for(frames, config, n)
+    if n_train:
+        rows = np.sort(np.random.default_rng(config.seed).choice(n, size=n_train, replace=False))
+        t = time.monotonic()
+        sample = prepare(sample_rows(store, rows, config.block_rows), config.metric)
+        train(frames, sample)
+        del sample
+        log.info("trained %s on %d vectors in %.1f s", factory_for(config, n, d), n_train, time.monotonic() - t)
+    videos = new_index(config, factory_for(config, store.n_videos, d, for_videos=True), d)
+    _append(store, frames, videos, 0, 0, config, progress)
+    return frames, videos, n
+
+
+def _append(store: Store, frames: faiss.Index, videos: faiss.Index, from_row: int, from_video: int,
+            config: IndexConfig, progress: bool) -> None:
+    """Add frame rows ``from_row..`` and videos ``from_video..`` of ``store`` (ids = rows)."""
+    assert frames.ntotal == from_row and videos.ntotal == from_video, "ids are global rows, added in order"
+    acc = _MeanAccumulator(store.videos.n_frames, from_video, store.n_videos - from_video, int(store.dim))
+    with tqdm(total=store.n_frames - from_row, unit="frame", disable=not progress, desc="index",
+              dynamic_ncols=True) as bar:
+        for _, emb, vrows in iter_rows(store, from_row, config.block_rows):
+            acc.add(vrows, emb)
+            frames.add(prepare(emb, config.metric))
+            bar.update(len(emb))
+    means = prepare(acc.means(), config.metric)  # (V_new, D)
+    if len(means):
+        if not videos.is_trained:
+            train(videos, means)
+        videos.add(means)
+    assert frames.ntotal == store.n_frames and videos.ntotal == store.n_videos
+
+
+def _write_part(directory: Path, stem: str, index: faiss.Index, factory: str) -> IndexPart:
+    tmp = temp_path(directory, ".faiss")
+    try:
+        faiss.write_index(index, str(tmp))
+        fsync_file(tmp)
+        size, digest = tmp.stat().st_size, file_sha256(tmp)
+        final = directory / f"{stem}-{uuid.uuid4().hex[:12]}.faiss"
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return IndexPart(final.name, size, digest, int(index.ntotal), factory)
+
+
+def _commit(store: Store, meta: IndexMeta) -> None:
+    """Make ``meta`` the index, then delete the files it does not list. Caller holds the lock."""
+    directory = index_dir(store.path)
+    fsync_dir(directory)
+    atomic_write_json(directory / META_NAME, meta.to_dict())
+    _clean(directory, keep={meta.frame_part.file, meta.video_part.file})
+
+
+def _clean(directory: Path, keep: set[str]) -> None:
+    for p in directory.iterdir():
+        if p.name.startswith(TMP_PREFIX) or (p.suffix == ".faiss" and p.name not in keep):
+            p.unlink(missing_ok=True)
+
+
+# Fields that only steer searching: changing them rewrites index.json, not the FAISS files.
+SEARCH_FIELDS = ("nprobe", "ef_search", "gpu", "block_rows")
+
+
+def _build_settings(config: IndexConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(config).items() if k not in SEARCH_FIELDS}
+
+
+def _family(factory: str) -> str:
+    """"IVF4000_HNSW32,Flat" -> "IVF_HNSW,Flat": the structure, without sizes."""
+    return "".join(c for c in factory if not c.isdigit())
+
+
+def _growth_reason(meta: IndexMeta, config: IndexConfig, store: Store) -> Optional[str]:
+    """Why appending would be wrong for an ``auto`` index that has grown a lot."""
+    if config.kind != "auto":
+        return None
+    now = factory_for(config, store.n_frames, int(store.dim))
+    if _family(now) != _family(meta.frame_part.factory):
+        return f"auto now chooses {now} (was {meta.frame_part.factory})"
+    if now.startswith("IVF") and store.n_frames > 4 * max(meta.trained_rows, 1):
+        return f"the store has grown {store.n_frames / max(meta.trained_rows, 1):.1f}x since the IVF lists were trained"
+    return None
+
+
+def _plan(store: Store, meta: Optional[IndexMeta], config: IndexConfig, rebuild: bool) -> tuple[str, str]:
+    """(build | append | meta | none, reason)."""
+    status = index_status(store, meta)
+    if rebuild:
+        return "build", "rebuild asked for"
+    if meta is None or status.state in ("missing", "rebuild", "newer"):
+        return "build", status.reason
+    if _build_settings(meta.config) != _build_settings(config):
+        return "build", "index settings changed"
+    if status.state == "append":
+        grown = _growth_reason(meta, config, store)
+        return ("build", grown) if grown else ("append", status.reason)
+    if meta.generation != store.generation or asdict(meta.config) != asdict(config):
+        return "meta", status.reason or "search settings changed"
+    return "none", "up to date"
+
+
+def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *, rebuild: bool = False,
+                progress: bool = False) -> IndexReport:
+    """Create or bring up to date the index of the store at ``store_path``.
+
+    ``config`` None keeps the existing index's settings (defaults for a new one); a config
+    whose build settings differ from the existing index's rebuilds it. Otherwise only rows
+    added since are indexed (none after ``compact``: index.json is relabelled), and the
+    index is rebuilt when rows shifted (``verify --repair``) or its files are damaged.
+    Holds the store's write lock throughout.
+    """
+    store_path = Path(store_path)
+    t0 = time.monotonic()
+    read_manifest(store_path)  # a clear StoreNotFoundError before trying to lock a missing directory
+    with WriteLock(store_path / LOCK_NAME, command_line()):
+        directory = index_dir(store_path)
+        directory.mkdir(exist_ok=True)
+        with Store.open(store_path) as store:
+            if store.n_frames == 0:
+                raise IndexBuildError(f"{store_path} holds no frames yet; build it first")
+            try:
+                meta = read_meta(store_path)
+            except IndexDamagedError as e:
+                log.warning("%s; rebuilding it", e)
+                meta = None
+            config = config or (meta.config if meta else IndexConfig())
+            plan, reason = _plan(store, meta, config, rebuild)
+            frames = videos = None
+            if plan == "append":
+                assert meta is not None
+                try:
+                    frames, videos = _read_part(store_path, meta.frame_part), _read_part(store_path, meta.video_part)
+                except IndexDamagedError as e:
+                    log.warning("%s; rebuilding it", e)
+                    plan, reason = "build", str(e)
+            if plan in ("none", "meta"):
+                assert meta is not None
+                try:  # `vstore index` also repairs an index whose files were damaged
+                    check_part(store_path, meta.frame_part)
+                    check_part(store_path, meta.video_part)
+                except IndexDamagedError as e:
+                    log.warning("%s; rebuilding it", e)
+                    plan, reason = "build", str(e)
+            if plan in ("none", "meta"):
+                assert meta is not None
+                meta = replace(meta, generation=store.generation, config=config)
+                if plan == "meta":
+                    _commit(store, meta)
+                else:
+                    _clean(directory, {meta.frame_part.file, meta.video_part.file})
+                _CACHE.pop(store_path.resolve(), None)
+                return _report("relabelled" if plan == "meta" else "unchanged", reason, 0, 0, store, meta, t0)
+            d = int(store.dim)
+            if plan == "append":
+                assert meta is not None and frames is not None and videos is not None
+                log.info("adding %d new frame rows to the index of %s", store.n_frames - meta.frames, store_path)
+                _append(store, frames, videos, meta.frames, meta.videos, config, progress)
+                trained, added = meta.trained_rows, (store.n_frames - meta.frames, store.n_videos - meta.videos)
+                f_factory, v_factory = meta.frame_part.factory, meta.video_part.factory
+            else:
+                log.info("building the index of %s (%s)", store_path, reason)
+                frames, videos, trained = _new_parts(store, config, progress)
+                added = (store.n_frames, store.n_videos)
+                f_factory = factory_for(config, store.n_frames, d)
+                v_factory = factory_for(config, store.n_videos, d, for_videos=True)
+            new_meta = IndexMeta(
+                config=config, generation=store.generation, dim=d, encoder_id=(store.encoder or {}).get("id"),
+                videos=store.n_videos, frames=store.n_frames, fingerprint=prefix_fingerprint(store, store.n_videos),
+                frame_part=_write_part(directory, "frames", frames, f_factory),
+                video_part=_write_part(directory, "videos", videos, v_factory),
+                trained_rows=trained, build_seconds=round(time.monotonic() - t0, 3))
+            _commit(store, new_meta)
+            _CACHE.pop(store_path.resolve(), None)
+            return _report("appended" if plan == "append" else "built", reason, added[0], added[1], store,
+                           new_meta, t0)
+
+
+def _report(action: str, reason: str, frames_added: int, videos_added: int, store: Store, meta: IndexMeta,
+            t0: float) -> IndexReport:
+    return IndexReport(action=action, reason=reason, frames_added=frames_added, videos_added=videos_added,
+                       frames=meta.frames, videos=meta.videos, factory=meta.frame_part.factory,
+                       video_factory=meta.video_part.factory, metric=meta.config.metric,
+                       generation=store.generation, seconds=time.monotonic() - t0)
+
+
