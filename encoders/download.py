@@ -1,11 +1,11 @@
 """``vstore download``: fetch a dataset's videos with yt-dlp (as a library), restartably.
 
-Each id of the table (see ``download_log.read_video_table``) becomes ``OUT/<id>.<ext>``, the
-name built from the validated id only. yt-dlp writes ``<file>.part`` and renames it when the
-byte count matches; the file is then demuxed end to end (``probe_download``) before its row
-goes into ``OUT/downloaded.csv``, which is the archive a rerun consults: finished ids cost
-no request, a ``.part`` left by a killed run is resumed, and a final-named file without a
-row (a kill between rename and record) is probed and adopted or deleted.
+Each id of the table (``download_log.read_video_table``) becomes ``OUT/<id>.<ext>``, named
+from the validated id only. yt-dlp writes ``<file>.part`` and renames it when the byte count
+matches; the file is then demuxed end to end (``probe_download``) before its row goes into
+``OUT/downloaded.csv``, the archive a rerun consults: finished ids cost no request, a
+``.part`` left by a killed run is resumed, and a final-named file without a row (a kill
+between rename and record) is probed and adopted or deleted.
 
 Failures are classified (``classify_error``): permanent ones (removed, private, geo-blocked,
 unsupported, HTTP 4xx) are recorded at once; retryable ones (HTTP 429 and 5xx, timeouts,
@@ -15,16 +15,16 @@ resets, short reads) are retried with exponential backoff, and a 429 pauses ever
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import re
 import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
@@ -33,15 +33,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from vstore.errors import StoreLockedError, VStoreError
 from vstore.fsutil import WriteLock
 
-from .download_log import (
-    DOWNLOADED_NAME, FAILURES_NAME, INVALID, NO_CATEGORY, PERMANENT, RETRYABLE, BadDownload, CategoryCounts,
+from .download_log import (  # noqa: F401 - DOWNLOADED_NAME ... VideoTableError: re-exported API
+    DOWNLOADED_NAME, FAILURES_NAME, PERMANENT, RETRYABLE, BadDownload, CategoryCounts,
     DownloadedLog, DownloadedRow, DownloadFailure, DownloadFailures, DownloadSummary, VideoTable,
     VideoTableError, category_of, finished_files, plan_run, probe_download, read_video_table, remove_partials,
 )
-
-__all__ = ["DEFAULT_FORMAT", "DEFAULT_URL_TEMPLATE", "DOWNLOADED_NAME", "FAILURES_NAME", "CategoryCounts",
-           "DownloadBusyError", "DownloadConfig", "DownloadSummary", "RateGate", "VideoTableError",
-           "classify_error", "download_videos", "probe_download", "read_video_table"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +46,7 @@ DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={id}"
 # (direct file links), and without any such format the best single file is taken.
 DEFAULT_FORMAT = "best[ext=mp4][height<=?360]/best[height<=?360]/best"
 LOCK_NAME = ".download.lock"
+STOP_GRACE = 5.0  # seconds an interrupted run waits for its downloads to stop
 
 
 class DownloadBusyError(VStoreError):
@@ -67,9 +64,9 @@ class DownloadConfig:
     jobs: int = 1
     # Extra attempts for a retryable failure within one run (0 = try once).
     retries: int = 3
-    # Seconds before the first retry; doubled for each further one (with +-20 % jitter)...
+    # Seconds before the first retry, doubled for each further one (+-20 % jitter), at most
+    # max_backoff (which also caps Retry-After headers).
     backoff: float = 2.0
-    # ...and never more than this, Retry-After headers included.
     max_backoff: float = 300.0
     # After an HTTP 429 no worker starts a request for this long; further 429s double it (up
     # to max_backoff) and requests stay spaced out by it until successes relax it again.
@@ -134,14 +131,12 @@ def _chain(exc: BaseException):
     seen, todo = set(), [exc]
     while todo:
         e = todo.pop(0)
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        info = getattr(e, "exc_info", None)
-        if isinstance(info, tuple) and len(info) > 1:
-            todo.append(info[1])
-        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+        if isinstance(e, BaseException) and id(e) not in seen:
+            seen.add(id(e))
+            yield e
+            info = getattr(e, "exc_info", None)
+            todo += [info[1] if isinstance(info, tuple) and len(info) > 1 else None,
+                     getattr(e, "cause", None), e.__cause__, e.__context__]
 
 
 def _reason(exc: BaseException) -> str:
@@ -158,18 +153,11 @@ def classify_error(exc: BaseException) -> Classified:
     from yt_dlp.networking.exceptions import HTTPError
     reason = _reason(exc)
     chain = list(_chain(exc))
-    status, retry_after = None, None
-    for e in chain:
-        if isinstance(e, HTTPError):
-            status = e.status
-            try:
-                retry_after = float(e.response.headers.get("Retry-After"))
-            except (TypeError, ValueError, AttributeError):
-                pass
-            break
-    if status is None:
-        m = _HTTP_STATUS.search(" ".join(str(e) for e in chain))
-        status = int(m.group(1)) if m else None
+    http = next((e for e in chain if isinstance(e, HTTPError)), None)
+    m = _HTTP_STATUS.search(" ".join(str(e) for e in chain))
+    status = http.status if http is not None else int(m.group(1)) if m else None
+    after = str(http.response.headers.get("Retry-After") or "") if http is not None else ""
+    retry_after = float(after) if re.fullmatch(r"\d+(\.\d+)?", after) else None
     if status == 429 or _RATE_LIMIT_TEXT.search(reason):
         return Classified(RETRYABLE, reason, rate_limited=True, retry_after=retry_after)
     if status is not None:
@@ -191,11 +179,9 @@ class RateGate:
     starts stay spaced out until successes relax the spacing again."""
 
     def __init__(self, pause: float, max_pause: float, clock=time.monotonic):
-        self.pause, self.max_pause, self.clock = pause, max(pause, max_pause), clock
+        self.pause, self.max_pause, self.clock, self.hits = pause, max(pause, max_pause), clock, 0
         self.spacing = 0.0  # seconds between request starts, across all workers
-        self.hits = 0
-        self._next = 0.0  # clock time before which no request may start
-        self._lock = threading.Lock()
+        self._next, self._lock = 0.0, threading.Lock()  # _next: no request may start before it
 
     def reserve(self) -> float:
         """Take the next start slot; returns how long to wait for it."""
@@ -220,9 +206,7 @@ class RateGate:
 def backoff_delay(config: DownloadConfig, attempt: int, retry_after: Optional[float] = None) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based)."""
     delay = min(config.max_backoff, config.backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
-    if retry_after:
-        delay = max(delay, retry_after)
-    return min(delay, config.max_backoff)
+    return min(max(delay, retry_after or 0.0), config.max_backoff)
 
 
 # -- the workers ------------------------------------------------------------------------------------
@@ -249,10 +233,7 @@ class _YtdlpLog:
         with self._lock:
             new = text not in self._shown and len(self._shown) < self.max_shown
             self._shown.add(text)
-        if new:
-            log.warning("yt-dlp: %s", text)
-        else:
-            log.debug("yt-dlp: %s", msg)
+        log.log(logging.WARNING if new else logging.DEBUG, "yt-dlp: %s", text)
 
 
 @dataclass
@@ -271,22 +252,46 @@ class _Downloader:
     def __init__(self, out_dir: Path, config: DownloadConfig, existing: dict[str, list[Path]]):
         self.out_dir, self.config, self.existing = out_dir, config, existing
         self.gate = RateGate(config.rate_limit_pause, config.max_backoff)
-        self.stop = threading.Event()
-        self.bytes = 0
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._instances: list[Any] = []
-        self._ytdlp_log = _YtdlpLog()
+        self.stop, self.bytes, self.threads = threading.Event(), 0, []
+        self._lock, self._local, self._instances, self._ytdlp_log = threading.Lock(), threading.local(), [], _YtdlpLog()
         self._tmp = Path(tempfile.mkdtemp(prefix="vstore-download-")) if config.cookies else None
 
-    def close(self) -> None:
-        for ydl in self._instances:
+    def start(self, todo: list[str]) -> "queue.SimpleQueue":
+        """Worker threads over ``todo``; each outcome (or a worker's crash) comes out of the queue.
+        They are daemon threads, so one stuck on a stalled connection cannot hold up an exit."""
+        tasks, results = queue.SimpleQueue(), queue.SimpleQueue()
+        for vid in todo:
+            tasks.put(vid)
+
+        def work() -> None:
+            while not self.stop.is_set():
+                try:
+                    results.put(self.download(tasks.get_nowait()))
+                except (queue.Empty, _Cancelled):
+                    return
+                except BaseException as e:  # a bug: the main thread re-raises it
+                    return results.put(e)
+        self.threads = [threading.Thread(target=work, name=f"download-{i}", daemon=True)
+                        for i in range(min(self.config.jobs, len(todo)))]
+        for t in self.threads:
+            t.start()
+        return results
+
+    def finish(self, grace: float) -> int:
+        """Stop the workers, waiting up to ``grace`` seconds; returns how many are still busy."""
+        self.stop.set()
+        deadline = time.monotonic() + grace
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        busy = sum(t.is_alive() for t in self.threads)
+        while self._instances and not busy:
             try:
-                ydl.close()
+                self._instances.pop().close()
             except Exception as e:  # noqa: BLE001 - closing must not hide the run's result
                 log.debug("closing yt-dlp: %s", e)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        return busy
 
     def _ydl(self):
         ydl = getattr(self._local, "ydl", None)
@@ -337,9 +342,7 @@ class _Downloader:
         result = ydl.process_ie_result(info, download=True) or info
         done = [d.get("filepath") for d in result.get("requested_downloads") or [] if d.get("filepath")]
         path = Path(done[0] if done else ydl.prepare_filename(result))
-        ext = path.name[len(vid) + 1:]
-        if (path.parent.resolve() != self.out_dir.resolve() or not path.name.startswith(vid + ".")
-                or not re.fullmatch(r"[A-Za-z0-9]{1,10}", ext)):
+        if path.parent.resolve() != self.out_dir.resolve() or not re.fullmatch(rf"{vid}\.[A-Za-z0-9]{{1,10}}", path.name):
             raise BadDownload(PERMANENT, f"yt-dlp produced an unexpected file name {path}")
         if not path.is_file():
             raise BadDownload(RETRYABLE, f"yt-dlp finished but {path.name} is missing")
@@ -388,10 +391,8 @@ def _check_cookies(path: str) -> None:
     from yt_dlp.cookies import YoutubeDLCookieJar
     try:
         YoutubeDLCookieJar(path).load()
-    except FileNotFoundError:
-        raise VStoreError(f"cookies file {path} does not exist") from None
     except Exception as e:  # noqa: BLE001 - the jar raises several kinds on a bad file
-        raise VStoreError(f"cookies file {path} is not a Netscape-format cookies file ({e}); "
+        raise VStoreError(f"cookies file {path} is not a readable Netscape-format cookies file ({e}); "
                           f"export one with a browser extension such as 'Get cookies.txt'") from None
 
 
@@ -426,66 +427,65 @@ def _run(table: VideoTable, out: Path, config: DownloadConfig, progress: bool, t
     failures = DownloadFailures(out)
     todo = plan_run(table, downloaded, failures, summary, config.url, config.retry_failed)
     existing = finished_files(out)  # complete files without a row: adopted after a probe
-    log.info("%d ids in %s: %d already downloaded, %d failed earlier and left alone, %d to fetch",
-             len(table.entries), table.path, sum(c.present for c in summary.categories.values()),
-             summary.earlier_permanent + summary.earlier_retryable, len(todo))
+    log.info("%d ids in %s, %d to fetch (the others are done or failed earlier)", len(table.entries),
+             table.path, len(todo))
 
     dl = _Downloader(out, config, {v: existing[v] for v in todo if v in existing})
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, desc="download")
     done_ok = failed = 0
 
-    recorded: set[str] = set()
-
     def record(outcome: _Outcome) -> None:
         nonlocal done_ok, failed
-        if outcome.id in recorded:  # an interrupt between record() and its future's removal
-            return
-        recorded.add(outcome.id)
         entry = table.entries[outcome.id]
         c = summary.counts(category_of(entry))
         if outcome.failure is None:
             downloaded.add(DownloadedRow(outcome.id, entry.category, outcome.path.name, outcome.duration,
                                          entry.title or outcome.title))
-            if outcome.present:
-                c.present += 1
-            else:
-                c.downloaded += 1
+            kind = "present" if outcome.present else "downloaded"
             done_ok += 1
         else:
             f = outcome.failure
             failure = DownloadFailure(outcome.id, config.url(outcome.id), f.kind, f.reason)
             failures.add(failure)
             summary.failures.append(failure)
-            setattr(c, f.kind, getattr(c, f.kind) + 1)
+            kind = f.kind
             log.warning("%s: %s failure: %s", outcome.id, f.kind, f.reason)
             failed += 1
+        setattr(c, kind, getattr(c, kind) + 1)
         bar.update(1)
 
     def refresh() -> None:
         rate = dl.bytes / max(time.monotonic() - t0, 1e-9)
         bar.set_postfix(done=done_ok, failed=failed, speed=tqdm.format_sizeof(rate, "B/s", 1024))
 
-    pool = ThreadPoolExecutor(max_workers=config.jobs, thread_name_prefix="download")
-    pending = {pool.submit(dl.download, vid): vid for vid in todo}
+    results, left = dl.start(todo), len(todo)
     try:
         with logging_redirect_tqdm():
-            while pending:
-                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    record(fut.result())
-                    del pending[fut]
+            while left:
+                try:
+                    outcome = results.get(timeout=0.5)
+                except queue.Empty:
+                    outcome = None
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if outcome is not None:
+                    record(outcome)
+                    left -= 1
                 refresh()
     except BaseException:
-        # Ctrl-C (or an error): stop the workers, keep whatever finished meanwhile.
-        dl.stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for fut in list(pending):
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                record(fut.result())
+        # Ctrl-C (or a bug): stop the workers and record what finished meanwhile. Downloads stop
+        # at their next block; one stuck on a stalled connection is left behind (its .part is
+        # resumed by the next run).
+        busy = dl.finish(grace=STOP_GRACE)
+        if busy:
+            log.warning("%d download(s) did not stop within %.0f s; left unfinished", busy, STOP_GRACE)
+        while not results.empty():
+            outcome = results.get()
+            if isinstance(outcome, _Outcome):
+                record(outcome)
         raise
     finally:
-        pool.shutdown(wait=True)
-        dl.close()
+        dl.finish(grace=0.0 if dl.stop.is_set() else STOP_GRACE)
         bar.close()
         failures.finish(set(downloaded.rows))
         for vid, entry in table.entries.items():  # categories and titles as the table says now

@@ -6,11 +6,10 @@ link, then one to download), the last repeated. Every test passes a loopback --u
 """
 from __future__ import annotations
 
-import _thread
 import csv
 import http.server
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,6 +50,7 @@ class VideoServer:
         self.hits: Counter[str] = Counter()  # GETs per id
         self.ranges: dict[str, list[str]] = defaultdict(list)  # Range headers per id
         self.cookies: list[str] = []
+        self.log: list[tuple[float, str]] = []  # (time.monotonic(), id) of every GET
         self.trickle = (2048, 0.02)  # "slow": bytes per chunk, seconds between chunks
         self.lock = threading.Lock()
         server = self
@@ -94,6 +94,7 @@ class VideoServer:
         with self.lock:
             n = self.hits[vid]
             self.hits[vid] += 1
+            self.log.append((time.monotonic(), vid))
             plan = self.plans.get(vid, ["ok"])
             what = plan[min(n, len(plan) - 1)]
             if h.headers.get("Range"):
@@ -288,6 +289,23 @@ def test_failures_are_classified_and_retryable_ones_retried(server, tmp_path):
     assert not list(out.glob("*.part"))
 
 
+def test_429_pauses_every_worker(server, tmp_path):
+    server.plan("limited", "429", "ok")
+    ids = ["limited"] + [f"b{i}" for i in range(6)]
+    summary = download_videos(id_list(tmp_path, *ids), tmp_path / "videos",
+                              fast(server, jobs=2, rate_limit_pause=0.5, max_backoff=1.0), progress=False)
+    assert summary.rate_limited == 1 and summary.total.downloaded == len(ids)
+    t429 = next(t for t, v in server.log if v == "limited")
+    first = {}
+    for t, v in server.log:
+        first.setdefault(v, t)
+    # No download starts during the pause (allowing 0.1 s for the 429 to be noticed)...
+    assert not [v for v, t in first.items() if t429 + 0.1 < t < t429 + 0.45]
+    assert sum(t > t429 for t in first.values()) >= 3  # ...though several were waiting to
+    retry = [t for t, v in server.log if v == "limited"][1]
+    assert retry >= t429 + 0.45
+
+
 def test_retry_failed_retries_retryable_and_leaves_permanent_alone(server, tmp_path, runner):
     server.plan("flaky", "503")
     server.plan("gone", "404")
@@ -434,27 +452,38 @@ def test_read_video_table_forms(tmp_path):
 
 # -- interruption and resuming ----------------------------------------------------------------------
 
-def test_kill_9_mid_download_then_rerun_resumes(server, tmp_path, runner):
-    server.plan("slow1", "ok", "slow")
-    server.trickle = (1024, 0.05)  # ~2 s for the whole file
-    table = id_list(tmp_path, "fast1", "fast2", "slow1", "fast3")
-    out = tmp_path / "videos"
+def start_child(server: VideoServer, table: Path, out: Path) -> subprocess.Popen:
+    """`vstore download` in a child process, one job at a time."""
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
-    child = subprocess.Popen([sys.executable, "-m", "cli.main", *cli_args(server, table, out, "--jobs", "1")],
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    part = out / "slow1.mp4.part"
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *cli_args(server, table, out, "--jobs", "1")],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def mid_download() -> bool:
+
+def wait_mid_download(child: subprocess.Popen, out: Path, finished: set[str], partial: str) -> None:
+    """Until ``finished`` are recorded and ``partial``'s .part file has data."""
+    part = out / f"{partial}.mp4.part"
+
+    def there() -> bool:
         try:
-            return part.stat().st_size > 0 and {"fast1", "fast2"} <= set(rows(out))
+            return part.stat().st_size > 0 and finished <= set(rows(out))
         except FileNotFoundError:
             return False
     deadline = time.monotonic() + 40
+    while not there():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            pytest.fail(f"the child never got to the slow download: {child.stderr.read().decode()}")
+        time.sleep(0.01)
+
+
+def test_kill_9_mid_download_then_rerun_resumes(server, tmp_path, runner):
+    server.plan("slow1", "ok", "slow")
+    server.trickle = (512, 0.05)  # ~4 s for the whole file
+    table = id_list(tmp_path, "fast1", "fast2", "slow1", "fast3")
+    out = tmp_path / "videos"
+    child = start_child(server, table, out)
     try:
-        while not mid_download():
-            assert child.poll() is None, child.stderr.read().decode()
-            assert time.monotonic() < deadline, "the child never got to the slow download"
-            time.sleep(0.01)
+        wait_mid_download(child, out, {"fast1", "fast2"}, "slow1")
     finally:
         child.kill()
         child.wait()
@@ -476,21 +505,23 @@ def test_kill_9_mid_download_then_rerun_resumes(server, tmp_path, runner):
 
 def test_ctrl_c_keeps_finished_work_and_exits_130(server, tmp_path, runner):
     server.plan("slow1", "ok", "slow")
-    server.trickle = (1024, 0.05)
+    server.trickle = (256, 0.1)  # ~17 s: it cannot finish before the Ctrl-C
     table = id_list(tmp_path, "fast1", "slow1", "fast2")
     out = tmp_path / "videos"
-
-    def interrupt_when_slow_starts():
-        deadline = time.monotonic() + 20
-        while server.hits["slow1"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)
-        _thread.interrupt_main()
-    threading.Thread(target=interrupt_when_slow_starts, daemon=True).start()
-    result = runner.invoke(main, cli_args(server, table, out, "--jobs", "1"))
-    assert result.exit_code == 130, result.output
-    assert "interrupted" in result.output
+    child = start_child(server, table, out)
+    try:
+        wait_mid_download(child, out, {"fast1"}, "slow1")
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=20) == 130
+        assert time.monotonic() - t0 < 5  # the download in progress stops at its next block
+        assert "interrupted" in child.stderr.read().decode()
+    finally:
+        child.kill()
+        child.wait()
+        child.stderr.close()
     assert set(rows(out)) == {"fast1"} and not (out / "slow1.mp4").exists()
+    assert (out / "slow1.mp4.part").exists()  # kept for resuming
 
     server.plan("slow1", "ok")
     result = runner.invoke(main, cli_args(server, table, out))
@@ -537,7 +568,7 @@ def test_cookies_are_sent_and_the_file_is_not_rewritten(server, tmp_path, runner
     bad = tmp_path / "bad.txt"
     bad.write_text("this is not a cookies file\n")
     result = runner.invoke(main, cli_args(server, id_list(tmp_path, "c2"), out, "--cookies", str(bad)))
-    assert result.exit_code == 1 and "not a Netscape-format cookies file" in result.output
+    assert result.exit_code == 1 and "not a readable Netscape-format cookies file" in result.output
 
 
 def test_bad_options_and_inputs_are_one_line_errors(server, tmp_path, runner):
