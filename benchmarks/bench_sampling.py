@@ -91,6 +91,19 @@ def synthetic_frames(n: int, seed: int = 0):
             i += 1
 
 
+def encode_video(path: Path, n_frames: int, seed: int = 0, x264: dict = X264) -> Path:
+    """Write ``n_frames`` of ``synthetic_frames`` as 640x360 H.264 (atomically: .tmp then rename)."""
+    tmp = path.with_suffix(".tmp.mp4")
+    with av.open(str(tmp), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS, options=dict(x264))
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for frame in synthetic_frames(n_frames, seed=seed):
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    tmp.replace(path)
+    return path
+
+
 def make_video(minutes: int, keyint: int = 250) -> tuple[Path, dict]:
     """The cached ``minutes``-long video (generated on first use) and its generation facts."""
     x264 = {**X264, "x264-params": X264["x264-params"].replace("keyint=250", f"keyint={keyint}")}
@@ -103,14 +116,7 @@ def make_video(minutes: int, keyint: int = 250) -> tuple[Path, dict]:
             return path, meta
     print(f"generating {path.name} ({minutes} min, {minutes * 60 * FPS} frames)...", flush=True)
     t = time.perf_counter()
-    tmp = path.with_suffix(".tmp.mp4")
-    with av.open(str(tmp), "w") as out:
-        stream = out.add_stream("libx264", rate=FPS, options=dict(x264))
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        for frame in synthetic_frames(minutes * 60 * FPS, seed=minutes):
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-    tmp.replace(path)
+    encode_video(path, minutes * 60 * FPS, seed=minutes, x264=x264)
     seconds = time.perf_counter() - t
     meta = {**want, "generation_s": round(seconds, 1), "bytes": path.stat().st_size,
             "mbps": round(path.stat().st_size * 8 / (minutes * 60) / 1e6, 3)}
