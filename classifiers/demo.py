@@ -49,7 +49,7 @@ class DemoResult:
     store: Path
     runs: list[Path] = field(default_factory=list)
     report: Optional[Path] = None
-    sheet: Optional[Path] = None
+    sheet: Optional[Path] = None  # contact sheet of the search
     seconds: float = 0.0
 
 
@@ -109,11 +109,22 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None, progress: bool =
     return result
 
 
-def demo_search(store_path: Path, out: Path) -> Optional[Path]:
-    """Index the store and search with the first test video's middle frame; write a sheet."""
-    try:
-        from vstore.index import build_index  # noqa: F401  (part of the index/search feature)
-    except ImportError:
-        log.warning("index/search is not available in this version; skipping the search step")
-        return None
-    return None
+def demo_search(store_path: Path, out: Path) -> Path:
+    """Index the store, search with the middle frame of the first test video (its own video
+    excluded), and write the hits as a contact sheet."""
+    from encoders.sheet import contact_sheet
+    from vstore.index_build import build_index
+    from vstore.search import query_from_frame, search
+    from vstore.split import split_ids
+
+    build_index(store_path)
+    with Store.open(store_path) as store:
+        video = split_ids(store_path, "test", store)[0]
+        frames, _ = store.get_frames(video)
+        frame = int(frames[len(frames) // 2])
+        hits = search(store, query_from_frame(store, video, frame), k=12, exclude_videos=[video], per_video=True)
+        sheet = contact_sheet(store, hits, out / "search.png",
+                              title=f"nearest videos to {video} frame {frame} ({store.videos.labels[store.row(video)]})")
+        same = sum(h.label == store.videos.labels[store.row(video)] for h in hits[:5])
+        log.info("search: %d of the top 5 videos share the query's label", same)
+    return sheet
