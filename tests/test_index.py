@@ -140,6 +140,22 @@ def test_default_nprobe_is_approximate_but_good(tmp_path):
         assert [[h.row for h in hs] for hs in got] == want.tolist()  # ...and exact with every list
 
 
+def test_frame_refs_maps_rows_to_video_frame_and_time(tmp_path):
+    path = vector_store(tmp_path / "s", n_videos=30, frames=25)  # 3 segments of 250 rows, 64-row chunks
+    with Store.open(path) as s:
+        want = []
+        for v in s.videos.ids:
+            fi, ts = s.get_frames(v)
+            want += [(v, int(f), float(t)) for f, t in zip(fi, ts)]
+        rows = np.random.default_rng(0).permutation(s.n_frames)[:200]
+        rows = np.concatenate([rows, [0, 63, 64, 249, 250, 749, 5, 5]])  # chunk/segment edges, repeats
+        ids, fidx, ts = s.frame_refs(rows)
+        assert list(zip(ids, fidx.tolist(), ts.tolist())) == [want[r] for r in rows]
+        assert [len(c) for c in s.frame_refs(np.zeros(0, np.int64))] == [0, 0, 0]
+        with pytest.raises(IndexError):
+            s.frame_refs([s.n_frames])
+
+
 def test_stored_embeddings_are_not_modified(tmp_path):
     path = vector_store(tmp_path / "s", n_videos=6, frames=5)
     with Store.open(path) as s:

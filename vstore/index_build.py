@@ -110,8 +110,12 @@ def _new_parts(store: Store, config: IndexConfig, progress: bool) -> tuple[faiss
     if n_train:
         rows = np.sort(np.random.default_rng(config.seed).choice(n, size=n_train, replace=False))
         t = time.monotonic()
-        sample = prepare(sample_rows(store, rows, config.block_rows), config.metric)
-        train(frames, sample)
+        with tqdm(total=2, disable=not progress, desc=f"train {factory_for(config, n, d)} on {n_train} vectors",
+                  bar_format="{desc}: {n}/{total} steps [{elapsed}]") as bar:
+            sample = prepare(sample_rows(store, rows, config.block_rows), config.metric)
+            bar.update(1)
+            train(frames, sample, gpu=config.gpu_train)
+            bar.update(1)
         del sample
         log.info("trained %s on %d vectors in %.1f s", factory_for(config, n, d), n_train, time.monotonic() - t)
     videos = new_index(config, factory_for(config, store.n_videos, d, for_videos=True), d)
@@ -166,12 +170,12 @@ def _clean(directory: Path, keep: set[str]) -> None:
             p.unlink(missing_ok=True)
 
 
-# Fields that only steer searching: changing them rewrites index.json, not the FAISS files.
-SEARCH_FIELDS = ("nprobe", "ef_search", "gpu", "block_rows")
+# Fields that do not change what the FAISS files hold: changing them rewrites index.json only.
+RUNTIME_FIELDS = ("nprobe", "ef_search", "gpu", "gpu_train", "block_rows")
 
 
 def _build_settings(config: IndexConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if k not in SEARCH_FIELDS}
+    return {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS}
 
 
 def _family(factory: str) -> str:
