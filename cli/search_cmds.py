@@ -39,7 +39,7 @@ refuses a stale index (or updates it with --refresh). Frame ids stay valid after
 @click.option("--hnsw-m", type=click.IntRange(min=2), default=None, help="HNSW graph degree [default: 32].")
 @click.option("--ef-construction", type=click.IntRange(min=1), default=None, help="HNSW build beam [default: 40].")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
-              help="Default IVF lists probed per search [default: 64].")
+              help="Default IVF lists probed per search [default: 32].")
 @click.option("--ef", "ef_search", type=click.IntRange(min=1), default=None,
               help="Default HNSW search beam [default: 128].")
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of adding new frames.")

@@ -94,14 +94,16 @@ def test_config_validation_and_auto_choice():
     cfg = IndexConfig()
     assert factory_for(cfg, 1000, 512) == "Flat"
     assert factory_for(cfg, 500_000, 512) == "Flat"
-    assert factory_for(cfg, 1_000_000, 512) == "IVF4000_HNSW32,Flat"
+    assert factory_for(cfg, 1_000_000, 512) == "IVF4000,Flat"
+    assert factory_for(cfg, 9_000_000, 512) == "IVF12000,Flat"
     assert factory_for(cfg, 20_000_000, 512) == "IVF17889_HNSW32,PQ64"
     assert factory_for(IndexConfig(kind="ivf"), 1000, 8) == "IVF25,Flat"  # >= 39 vectors per list
+    assert factory_for(IndexConfig(kind="ivf", hnsw_quantizer_min=16), 1000, 8) == "IVF25_HNSW32,Flat"
     assert factory_for(IndexConfig(kind="IVF64,SQ8"), 10, 8) == "IVF64,SQ8"
     assert factory_for(IndexConfig(kind="IVF64,SQ8"), 10, 8, for_videos=True) == "Flat"
 
 
-KINDS = ["flat", "ivf", "hnsw", "IVF4,Flat"]
+KINDS = ["flat", "ivf", "hnsw", "IVF8_HNSW16,Flat"]  # the last: a factory string, HNSW coarse quantizer
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])

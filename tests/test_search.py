@@ -71,6 +71,21 @@ def test_filters_apply_before_ranking(vstore_ivf, monkeypatch, exact_max):
         assert search(s, q, 5, exclude_videos="v000")[0].video_id != "v000"
 
 
+def test_wrapper_factory_strings_filter_by_exact_search(tmp_path, monkeypatch):
+    """A PCA-wrapped index takes no IDSelector: filtered queries are answered exactly."""
+    path = vector_store(tmp_path / "s", n_videos=30, frames=10)
+    build_index(path, IndexConfig(kind="PCA16,IVF4,Flat"))
+    monkeypatch.setattr(vsearch, "EXACT_MAX_ROWS", 0)
+    with Store.open(path) as s:
+        x = all_vectors(s)
+        q = query_from_frame(s, "v000", 3)
+        assert len(search(s, q, 5, nprobe=4)) == 5  # unfiltered: the index (nprobe via ParameterSpace)
+        hits = search(s, q, 5, label="fish")
+        rows = np.flatnonzero(np.repeat([s.videos.labels[v] == "fish" for v in range(s.n_videos)], 10))
+        want, _ = brute_force(x[rows], q[None], 5, "cosine")
+        assert [h.row for h in hits] == list(rows[want[0]])
+
+
 def test_split_filter(vstore_ivf):
     with Store.open(vstore_ivf) as s:
         split = make_split(s, SplitConfig(test_size=0.2))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .errors import IndexBuildError, IndexDamagedError
 from .fsutil import TMP_PREFIX, WriteLock, atomic_write_json, command_line, fsync_dir, fsync_file, temp_path
 from .index import (_CACHE, META_NAME, IndexConfig, IndexMeta, IndexPart, _read_part, check_part, factory_for,
-                    index_dir, index_status, new_index, prefix_fingerprint, prepare, read_meta, train,
+                    index_dir, index_status, new_index, prefix_fingerprint, prepare, prepare_for_add, read_meta, train,
                     train_rows_for)
 from .manifest import read_manifest
 from .segment import file_sha256
@@ -127,6 +127,8 @@ def _append(store: Store, frames: faiss.Index, videos: faiss.Index, from_row: in
             config: IndexConfig, progress: bool) -> None:
     """Add frame rows ``from_row..`` and videos ``from_video..`` of ``store`` (ids = rows)."""
     assert frames.ntotal == from_row and videos.ntotal == from_video, "ids are global rows, added in order"
+    prepare_for_add(frames, config)
+    prepare_for_add(videos, config)
     acc = _MeanAccumulator(store.videos.n_frames, from_video, store.n_videos - from_video, int(store.dim))
     with tqdm(total=store.n_frames - from_row, unit="frame", disable=not progress, desc="index",
               dynamic_ncols=True) as bar:
