@@ -30,8 +30,7 @@ from typing import Any, Optional
 import faiss
 import numpy as np
 
-from .errors import IndexBuildError, IndexDamagedError, IndexNotFoundError, StaleIndexError
-from .segment import file_sha256
+from .errors import IndexBuildError, IndexDamagedError, StaleIndexError
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -342,141 +341,16 @@ def stale_error(store: Store, meta: IndexMeta, status: IndexStatus) -> StaleInde
         f"{store.generation} ({what}); rerun with --refresh to update it first (or run `vstore index {store.path}`)")
 
 
-# -- loading --------------------------------------------------------------------------------
-def check_part(store_path: Path, part: IndexPart) -> Path:
-    """The path of one FAISS file after checking its size and SHA-256 against index.json."""
-    path = index_dir(store_path) / part.file
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise damaged(store_path, str(path), "file is missing") from None
-    if size != part.bytes:
-        raise damaged(store_path, str(path), f"{size} bytes, index.json says {part.bytes}")
-    if file_sha256(path) != part.sha256:
-        raise damaged(store_path, str(path), "SHA-256 differs from index.json")
-    return path
-
-
-def _read_part(store_path: Path, part: IndexPart) -> faiss.Index:
-    """Read one FAISS file, checked first: FAISS may crash or allocate wildly on bad bytes."""
-    path = check_part(store_path, part)
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise damaged(store_path, str(path), _faiss_message(e)) from None
-    if index.ntotal != part.rows:
-        raise damaged(store_path, str(path), f"{index.ntotal} vectors, index.json says {part.rows}")
-    return index
-
-
-@dataclass
-class LoadedIndex:
-    """Both FAISS indexes of a store, checked and ready to search."""
-
-    meta: IndexMeta
-    frames: faiss.Index
-    videos: faiss.Index
-    _gpu: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def config(self) -> IndexConfig:
-        return self.meta.config
-
-    def gpu_copy(self, which: str) -> Optional[faiss.Index]:
-        """A GPU copy of the frame or video index when a GPU is present and the copy gives the
-        same results as the CPU index (exact Flat, or IVF with an exact coarse quantizer)."""
-        if not self.config.gpu or faiss.get_num_gpus() == 0:
-            return None
-        if which not in self._gpu:
-            cpu = self.frames if which == "frames" else self.videos
-            self._gpu[which] = None
-            base = faiss.downcast_index(cpu)
-            ivf = base if isinstance(base, faiss.IndexIVF) else None
-            exact = isinstance(base, faiss.IndexFlat) or (
-                ivf is not None and isinstance(ivf, faiss.IndexIVFFlat)
-                and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat))
-            if exact:
-                try:
-                    self._gpu[which] = faiss.index_cpu_to_all_gpus(cpu)
-                except (RuntimeError, AttributeError) as e:  # pragma: no cover - needs a GPU
-                    log.info("searching on CPU: this index cannot move to GPU (%s)", _faiss_message(e))
-        return self._gpu[which]
-
-
-# Loaded indexes per Store snapshot: searching twice does not reread (and recheck) the files.
-_CACHE: dict[Path, tuple[str, LoadedIndex]] = {}
-
-
-def load_index(store: Store, *, refresh: bool = False, progress: bool = False) -> tuple[LoadedIndex, Store]:
-    """The store's index, checked and usable with this snapshot.
-
-    Raises ``IndexNotFoundError``, ``StaleIndexError`` or ``IndexDamagedError``; with
-    ``refresh`` it instead updates (or rebuilds) the index first and returns it with a newer
-    snapshot of the store, which the caller closes: returns (index, store or newer snapshot).
-    """
-    opened: Optional[Store] = None
-    for attempt in range(3):
-        current = opened or store
-        try:
-            return _load_usable(current), current
-        except (IndexNotFoundError, StaleIndexError, IndexDamagedError):
-            if not refresh or attempt == 2:
-                if opened is not None:
-                    opened.close()
-                raise
-        from .index_build import build_index
-        report = build_index(store.path, progress=progress)
-        log.info("index of %s %s (%s)", store.path, report.action, report.reason)
-        if opened is not None:
-            opened.close()
-        opened = Store.open(store.path)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _load_usable(store: Store) -> LoadedIndex:
-    meta = read_meta(store.path)
-    status = index_status(store, meta)
-    if status.state == "missing":
-        raise IndexNotFoundError(f"{store.path} has no search index yet; run `vstore index {store.path}` "
-                                 "(or search with --refresh)")
-    assert meta is not None
-    if not status.usable:
-        raise stale_error(store, meta, status)
-    key = store.path.resolve()
-    stamp = f"{meta.frame_part.sha256}:{meta.video_part.sha256}"
-    cached = _CACHE.get(key)
-    if cached and cached[0] == stamp:
-        cached[1].meta = meta
-        return cached[1]
-    for attempt in range(3):  # a concurrent `vstore index` may replace the files as we read them
-        try:
-            loaded = LoadedIndex(meta, _read_part(store.path, meta.frame_part), _read_part(store.path, meta.video_part))
-            break
-        except IndexDamagedError:
-            newer = read_meta(store.path)
-            if attempt == 2 or newer is None or newer == meta:
-                raise
-            meta = newer
-            if not index_status(store, meta).usable:
-                raise stale_error(store, meta, index_status(store, meta)) from None
-    if loaded.meta.dim != store.dim:
-        raise damaged(store.path, META_NAME, f"{loaded.meta.dim}-d index for a {store.dim}-d store")
-    _CACHE.clear()  # hold at most one store's index in memory
-    _CACHE[key] = (f"{meta.frame_part.sha256}:{meta.video_part.sha256}", loaded)
-    return loaded
-
-
 def __getattr__(name: str):
-    """``build_index`` and ``IndexReport`` live in ``vstore.index_build`` (the write side)."""
+    """The write side (``vstore.index_build``) and the read side (``vstore.index_load``) are
+    reachable from here too: ``from vstore.index import build_index, load_index``."""
     if name in ("build_index", "IndexReport", "iter_rows"):
         from . import index_build
         return getattr(index_build, name)
+    if name in ("load_index", "LoadedIndex", "drop_cache", "check_part"):
+        from . import index_load
+        return getattr(index_load, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def drop_cache() -> None:
-    """Forget loaded indexes (frees their memory)."""
-    _CACHE.clear()
 
 
 __all__ = ["IndexConfig", "IndexMeta", "IndexPart", "IndexReport", "IndexStatus", "LoadedIndex", "build_index",

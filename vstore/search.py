@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import faiss
 import numpy as np
 
 from .errors import QueryError
-from .index import IndexConfig, LoadedIndex, load_index, prepare
+from .exact import TopK, exact_frame_search, score_matrix
+from .index import IndexConfig, prepare
+from .index_load import LoadedIndex, load_index
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,6 @@ log = logging.getLogger(__name__)
 LEVELS = ("frame", "video")
 # Filters allowing at most this many frame rows are answered by exact search over those rows.
 EXACT_MAX_ROWS = 65_536
-_QUERY_TILE = 1024  # queries scored at once by exact search
 _GPU_MAX_K = 2048  # FAISS GPU indexes return at most this many neighbours
 
 
@@ -117,114 +118,6 @@ class _Selector:
     def __init__(self, allowed: np.ndarray):  # (N,) bool
         self.bits = np.packbits(allowed, bitorder="little")
         self.sel = faiss.IDSelectorBitmap(len(self.bits), faiss.swig_ptr(self.bits))
-
-
-# -- running top-k of exact search --------------------------------------------------------------
-class _TopK:
-    """Best ``k`` (score, id) per query over blocks of candidates; ties go to the lower id."""
-
-    def __init__(self, n_queries: int, k: int, higher: bool):
-        self.k, self.sign = k, (1.0 if higher else -1.0)
-        self.scores = np.full((n_queries, k), -np.inf, dtype=np.float32)  # (Q, k) signed: higher = better
-        self.ids = np.full((n_queries, k), -1, dtype=np.int64)
-
-    def update(self, scores: np.ndarray, ids: np.ndarray, qsel: slice = slice(None)) -> None:
-        """scores (q, R) of queries ``qsel`` against candidate ids (R,)."""
-        s = self.sign * scores.astype(np.float32, copy=False)
-        if s.shape[1] > self.k:
-            part = np.argpartition(-s, self.k - 1, axis=1)[:, :self.k]
-            s, cand = np.take_along_axis(s, part, axis=1), ids[part]
-        else:
-            cand = np.broadcast_to(ids, s.shape)
-        all_s = np.concatenate([self.scores[qsel], s], axis=1)
-        all_i = np.concatenate([self.ids[qsel], cand], axis=1)
-        order = np.lexsort((all_i, -all_s), axis=1)[:, :self.k]
-        self.scores[qsel] = np.take_along_axis(all_s, order, axis=1)
-        self.ids[qsel] = np.take_along_axis(all_i, order, axis=1)
-
-    def results(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        for s, i in zip(self.scores, self.ids):
-            ok = np.isfinite(s) & (i >= 0)
-            out.append((i[ok], (self.sign * s[ok]).astype(np.float32)))
-        return out
-
-
-def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
-    """(Q, R) similarity (cosine/ip) or squared L2 distance between prepared vectors."""
-    s = q @ x.T
-    if metric == "l2":
-        s = np.maximum((q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * s, 0)
-    return s
-
-
-def _allowed_blocks(store: Store, allowed_v: Optional[np.ndarray], block_rows: int
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(global rows (R,), embeddings (R, D) float32, video rows (R,)) of the allowed frames."""
-    table = store.videos
-    if allowed_v is None or int(table.n_frames[allowed_v].sum()) > EXACT_MAX_ROWS:
-        from .index_build import iter_rows
-        mask = None if allowed_v is None else np.repeat(allowed_v, table.n_frames)
-        for start, emb, vrows in iter_rows(store, 0, block_rows):
-            rows = np.arange(start, start + len(emb))
-            if mask is not None:
-                keep = mask[start:start + len(emb)]
-                if not keep.any():
-                    continue
-                rows, emb, vrows = rows[keep], emb[keep], vrows[keep]
-            yield rows, emb, vrows
-        return
-    # Few rows: read just the allowed videos, as runs of consecutive videos of one segment.
-    vids = np.flatnonzero(allowed_v)
-    breaks = np.flatnonzero((np.diff(vids) != 1) | (np.diff(table.segment[vids]) != 0)) + 1
-    for run in np.split(vids, breaks):
-        seg = store.segments[int(table.segment[run[0]])]
-        a = int(seg.numeric["frame_offset"][table.local[run[0]]])
-        b = int(seg.numeric["frame_offset"][table.local[run[-1]]]) + int(table.n_frames[run[-1]])
-        emb = seg.read_embeddings(a, b, out=np.empty((b - a, seg.dim), dtype=np.float32))
-        start = int(table.frame_start[run[0]])
-        yield np.arange(start, start + b - a), emb, np.repeat(run, table.n_frames[run])
-
-
-def exact_frame_search(store: Store, queries: np.ndarray, k: int, metric: str,
-                       allowed_v: Optional[np.ndarray] = None, per_video: bool = False,
-                       block_rows: int = 32_768) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Exact (rows, scores) per query over the allowed frames, streamed from the store.
-
-    ``queries`` (Q, D) are prepared (normalised for cosine). With ``per_video`` the best frame
-    of each video competes, so the rows returned belong to ``k`` distinct videos."""
-    higher = metric != "l2"
-    if not per_video:
-        top = _TopK(len(queries), k, higher)
-        for rows, emb, _ in _allowed_blocks(store, allowed_v, block_rows):
-            x = prepare(emb, metric)
-            for a in range(0, len(queries), _QUERY_TILE):
-                top.update(_scores(queries[a:a + _QUERY_TILE], x, metric), rows, slice(a, a + _QUERY_TILE))
-        return top.results()
-    V = store.n_videos
-    best = np.full((len(queries), V), -np.inf, dtype=np.float32)  # (Q, V) signed best score per video
-    best_row = np.full((len(queries), V), -1, dtype=np.int64)
-    sign = 1.0 if higher else -1.0
-    for rows, emb, vrows in _allowed_blocks(store, allowed_v, block_rows):
-        s = sign * _scores(queries, prepare(emb, metric), metric)  # (Q, R)
-        starts = np.flatnonzero(np.r_[True, vrows[1:] != vrows[:-1]])
-        run_best = np.maximum.reduceat(s, starts, axis=1)  # (Q, U)
-        run_of_col = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(vrows)]))
-        first = np.minimum.reduceat(np.where(s == run_best[:, run_of_col], np.arange(len(rows)), len(rows)),
-                                    starts, axis=1)  # (Q, U) column of each run's best frame
-        u = vrows[starts]
-        better = run_best > best[:, u]
-        best[:, u] = np.where(better, run_best, best[:, u])
-        best_row[:, u] = np.where(better, rows[first], best_row[:, u])
-    top = _TopK(len(queries), k, True)
-    for a in range(0, len(queries), _QUERY_TILE):
-        qs = slice(a, a + _QUERY_TILE)
-        top.update(best[qs], np.arange(V), qs)
-    out = []
-    for vrow, s in top.results():
-        qi = len(out)
-        out.append((best_row[qi, vrow], (sign * s).astype(np.float32)))
-    return out
 
 
 # -- index search ------------------------------------------------------------------------------
@@ -360,8 +253,8 @@ def _video_results(store: Store, loaded: LoadedIndex, q: np.ndarray, k: int, all
         return out
     means = prepare(store.video_means(), cfg.metric)  # (V, D)
     ids = np.arange(store.n_videos) if allowed_v is None else np.flatnonzero(allowed_v)
-    top = _TopK(len(q), k, cfg.higher_is_better)
-    top.update(_scores(q, means[ids], cfg.metric), ids)
+    top = TopK(len(q), k, cfg.higher_is_better)
+    top.update(score_matrix(q, means[ids], cfg.metric), ids)
     return top.results()
 
 
