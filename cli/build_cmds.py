@@ -38,16 +38,19 @@ failed (listed in STORE/{FAILURES_NAME}), 1 on an error that stopped the build.
               help="Embedding storage type of a new store.")
 @click.option("--segment-videos", type=click.IntRange(min=1), default=128, show_default=True,
               help="Videos per committed segment of a new store (a crash loses at most one).")
+@click.option("--no-compact", is_flag=True,
+              help="Keep the small segments of this build (default: merge them at the end for fast reads).")
 @pass_quiet
 def build_cmd(inputs, store, labels, frames, sampling, encoder_spec, device, batch_size, workers, video_timeout,
-              dtype, segment_videos, quiet):
+              dtype, segment_videos, no_compact, quiet):
     """Sample frames of videos, embed them and add them to a store.
 
     INPUTS are video files or directories (searched recursively); a video's id is its file
     stem. Videos already in the store are skipped, so rerunning resumes an interrupted build.
     """
     label_map = load_labels(labels) if labels else None
-    config = BuildConfig(frames=frames, sampling=sampling, workers=workers, video_timeout=video_timeout)
+    config = BuildConfig(frames=frames, sampling=sampling, workers=workers, video_timeout=video_timeout,
+                         compact=not no_compact)
     from encoders.registry import load_encoder
     encoder = load_encoder(encoder_spec, device=device, batch_size=batch_size)
     summary = build_store(inputs, store, encoder, labels=label_map, config=config,

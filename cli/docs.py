@@ -9,15 +9,18 @@ import sys
 import click
 
 
+WIDTH = 100  # fixed, so the page does not depend on the terminal it was generated in
+
+
 def command_help(group: click.Group, name: str) -> str:
     cmd = group.commands[name]
-    with click.Context(group, info_name="vstore") as parent:
-        with click.Context(cmd, info_name=name, parent=parent) as ctx:
+    with click.Context(group, info_name="vstore", terminal_width=WIDTH, max_content_width=WIDTH) as parent:
+        with click.Context(cmd, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH) as ctx:
             return cmd.get_help(ctx)
 
 
 def render(group: click.Group) -> str:
-    with click.Context(group, info_name="vstore") as ctx:
+    with click.Context(group, info_name="vstore", terminal_width=WIDTH, max_content_width=WIDTH) as ctx:
         top = group.get_help(ctx)
     parts = ["# vstore command reference", "",
              "Generated from the commands' `--help` by `python -m cli.docs > docs/cli.md`; "

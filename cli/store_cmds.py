@@ -9,7 +9,7 @@ import click
 
 from encoders.build import FAILURES_NAME
 from vstore import Store, compact, verify
-from vstore.maintenance import QUARANTINE_DIR
+from vstore.maintenance import DEFAULT_MAX_FRAMES, QUARANTINE_DIR
 
 from .options import human_bytes, json_option, store_argument
 
@@ -76,10 +76,13 @@ Example:
   vstore compact runs/store
 """)
 @store_argument
-@click.option("--max-frames", type=click.IntRange(min=1), default=262_144, show_default=True,
-              help="Frames per merged segment.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=DEFAULT_MAX_FRAMES, show_default=True,
+              help="At most this many frames per merged segment (memory use while merging is one such segment).")
 def compact_cmd(store, max_frames):
-    """Merge a store's segments into few large ones (order and ids are kept)."""
+    """Merge runs of small consecutive segments into large ones (order and ids are kept).
+
+    `vstore build` does this by itself at the end of a build unless --no-compact.
+    """
     r = compact(store, max_frames_per_segment=max_frames)
     click.echo(f"{r.segments_before} segment(s) -> {r.segments_after}, {r.videos} videos")
 

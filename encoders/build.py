@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vstore import Store, StoreConfig, StoreWriter, VideoEntry
+from vstore import Store, StoreConfig, StoreWriter, VideoEntry, compact
 from vstore.fsutil import atomic_write_bytes
 from vstore.labels import Labels
 
@@ -42,6 +42,7 @@ class BuildConfig:
     workers: int = 2  # decode processes; 0 decodes in this process (no crash isolation)
     video_timeout: float = 600.0  # seconds before a stuck decode is killed and the video failed
     decode_threads: int = 1  # codec threads per decode process
+    compact: bool = True  # merge the small segments a build commits into large ones at the end
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -281,5 +282,8 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
         finally:
             bar.close()
             failures.finish(attempted, writer.committed)
+    if config.compact and summary.built:
+        # Segments were small so that a crash loses little; large ones read faster.
+        compact(store_path)
     summary.seconds = time.monotonic() - t0
     return summary

@@ -60,7 +60,8 @@ def thumb_store(class_videos, tmp_path_factory) -> Path:
     videos, labels = class_videos
     path = tmp_path_factory.mktemp("stores") / "thumb"
     summary = build_store([videos], path, load_encoder("thumbnail", device="cpu"), labels=load_labels(labels),
-                          config=BuildConfig(frames=8, workers=0), store_config=StoreConfig(segment_videos=5),
+                          config=BuildConfig(frames=8, workers=0, compact=False),
+                          store_config=StoreConfig(segment_videos=5),
                           progress=False)
     assert summary.built == 16 and not summary.failures
     return path

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .config import StoreConfig
 from .errors import VStoreError
 from .labels import Labels
+from .maintenance import compact
 from .records import VideoEntry
 from .store import Store
 from .writer import StoreWriter
@@ -107,4 +108,6 @@ def import_json(src: str | Path, store_path: str | Path, labels: Optional[Labels
             writer.add(VideoEntry(id=vid, embeddings=vec, frame_index=t, timestamp=np.full(len(vec), np.nan),
                                   label=labels.get(vid) if labels else None, source=str(path.resolve())))
             summary.imported += 1
+    if summary.imported:
+        compact(store_path)  # segments small enough to bound a crash's loss; merged for fast reads
     return summary

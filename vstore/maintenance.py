@@ -51,44 +51,53 @@ class CompactResult:
     videos: int
 
 
-def compact(path: str | Path, max_frames_per_segment: int = 262_144) -> CompactResult:
-    """Merge segments, in order, into as few as possible of at most ``max_frames_per_segment``
-    frames each. Video and frame order is preserved, so global frame rows (and index ids) keep
-    their meaning. Memory is bounded by one output segment.
+def plan_compaction(frames: list[int], max_frames: int) -> list[list[int]]:
+    """Group consecutive segments (by position) so that each group stays within
+    ``max_frames``; segments already too big to join a neighbour stay alone (not rewritten)."""
+    groups: list[list[int]] = []
+    for i, n in enumerate(frames):
+        if groups and sum(frames[j] for j in groups[-1]) + n <= max_frames:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+DEFAULT_MAX_FRAMES = 262_144  # ~256 MiB of 512-d float16 per merged segment
+
+
+def compact(path: str | Path, max_frames_per_segment: int = DEFAULT_MAX_FRAMES) -> CompactResult:
+    """Merge runs of consecutive small segments into segments of at most
+    ``max_frames_per_segment`` frames. Video and frame order is preserved, so global frame
+    rows (and index ids) keep their meaning; segments that cannot grow are not rewritten.
+    Memory is bounded by one merged segment.
     """
     path = Path(path)
     with WriteLock(path / LOCK_NAME, command_line()):
         m = read_manifest(path)
-        if len(m.segments) <= 1:
+        groups = plan_compaction([s.frames for s in m.segments], max_frames_per_segment)
+        if all(len(g) == 1 for g in groups):
             return CompactResult(len(m.segments), len(m.segments), m.n_videos)
         seg_dir = path / SEGMENT_DIR
         new_entries: list[SegmentEntry] = []
         written: list[Path] = []
-        pending: list[VideoEntry] = []
-        pending_frames = 0
-
-        def flush() -> None:
-            nonlocal pending, pending_frames
-            if not pending:
-                return
-            name = f"{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}.h5"
-            p, size, digest = write_segment(seg_dir, name, pending, m.config, int(m.dim))
-            written.append(p)
-            new_entries.append(SegmentEntry(f"{SEGMENT_DIR}/{name}", len(pending), pending_frames, size, digest))
-            pending, pending_frames = [], 0
-
         try:
-            for entry in m.segments:
-                reader = SegmentReader(path / entry.file, expected_bytes=entry.bytes, dim=m.dim)
-                try:
-                    for e in _entries_of(reader):
-                        if pending and pending_frames + e.n_frames > max_frames_per_segment:
-                            flush()
-                        pending.append(e)
-                        pending_frames += e.n_frames
-                finally:
-                    reader.close()
-            flush()
+            for group in groups:
+                if len(group) == 1:
+                    new_entries.append(m.segments[group[0]])
+                    continue
+                entries: list[VideoEntry] = []
+                for pos in group:
+                    reader = SegmentReader(path / m.segments[pos].file, expected_bytes=m.segments[pos].bytes, dim=m.dim)
+                    try:
+                        entries += _entries_of(reader)
+                    finally:
+                        reader.close()
+                name = f"{m.generation + 1:08d}-{uuid.uuid4().hex[:8]}.h5"
+                p, size, digest = write_segment(seg_dir, name, entries, m.config, int(m.dim))
+                written.append(p)
+                new_entries.append(SegmentEntry(f"{SEGMENT_DIR}/{name}", len(entries),
+                                                sum(e.n_frames for e in entries), size, digest))
             write_manifest(path, m.next(segments=tuple(new_entries)))
         except BaseException as e:
             for p in written:
@@ -97,8 +106,10 @@ def compact(path: str | Path, max_frames_per_segment: int = 262_144) -> CompactR
                 raise StoreWriteError(f"compaction of {path} failed ({e.strerror or e}); the store is unchanged. "
                                       "Free disk space and rerun") from e
             raise
+        kept = {e.file for e in new_entries}
         for entry in m.segments:  # no longer listed: safe to delete
-            (path / entry.file).unlink(missing_ok=True)
+            if entry.file not in kept:
+                (path / entry.file).unlink(missing_ok=True)
         fsync_dir(seg_dir)
         log.info("compacted %d segments into %d", len(m.segments), len(new_entries))
         return CompactResult(len(m.segments), len(new_entries), m.n_videos)
