@@ -59,7 +59,7 @@ def build_cmd(inputs, store, labels, frames, sampling, encoder_spec, device, bat
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
     click.echo(f"built {summary.built}, skipped {summary.skipped} (already in store), failed {summary.failed}"
                f" - {summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s)")
-    if summary.unlabeled:
+    if labels and summary.unlabeled:
         click.echo(f"{summary.unlabeled} built video(s) have no label in {labels}", err=True)
     if summary.failed:
         click.echo(f"{summary.failed} video(s) failed; reasons in {store}/{FAILURES_NAME}", err=True)
