@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import resource
 import shutil
 import time
 import warnings
@@ -83,7 +84,7 @@ def nice_decode_task(task):
 def run_build(videos: Path, encoder, frames: int, workers: int, tag: str, nice: bool = False) -> float:
     """One fresh build; records where its time went (startup, encoding, waiting, tail) in TIMELINES."""
     import encoders.build as build
-    store = common.OUT / "build" / "stores" / tag
+    store = common.OUT / "build" / "stores" / "".join(c if c.isalnum() else "_" for c in tag)
     if store.exists():
         shutil.rmtree(store)
     spans: list[tuple[float, float]] = []
@@ -99,10 +100,12 @@ def run_build(videos: Path, encoder, frames: int, workers: int, tag: str, nice: 
     if nice:
         build.decode_task = nice_decode_task
     try:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         summary = build_store([videos], store, encoder,
                               config=BuildConfig(frames=frames, sampling="exact", workers=workers), progress=False)
         end = time.perf_counter()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # decode processes, joined by the pool
     finally:
         del encoder.encode_images
         build.decode_task = original_task
@@ -110,7 +113,8 @@ def run_build(videos: Path, encoder, frames: int, workers: int, tag: str, nice: 
     busy = sum(b - a for a, b in spans)
     TIMELINES.setdefault(tag, []).append({
         "wall": end - t, "startup": spans[0][0] - t, "encoding": busy,
-        "waiting": (spans[-1][1] - spans[0][0]) - busy, "tail": end - spans[-1][1], "batches": len(spans)})
+        "waiting": (spans[-1][1] - spans[0][0]) - busy, "tail": end - spans[-1][1], "batches": len(spans),
+        "children_cpu": (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)})
     return end - t
 
 
@@ -148,7 +152,7 @@ def main() -> None:
         cases[f"build workers={w}"] = (lambda w=w: run_build(videos, encoder, frames, w, f"workers={w}"))
         if args.nice and w:
             cases[f"build workers={w}, decoders at nice 10"] = (
-                lambda w=w: run_build(videos, encoder, frames, w, f"workers={w}, nice 10", nice=True))
+                lambda w=w: run_build(videos, encoder, frames, w, f"workers={w}, decoders at nice 10", nice=True))
     encoder.encode_images(images[:encoder.batch_size])  # warm-up: first-call allocations
     t = common.interleaved(cases, repeats, warmup=0)
     wall, cpu = t["wall"], t["cpu"]
@@ -167,6 +171,13 @@ def main() -> None:
     print(f"decoding the same frames: {decode_cpu:.2f} CPU s ({100 * decode_cpu / enc_cpu:.1f}% of the encoder's CPU)")
     print(f"pickling + unpickling the decoded videos: {pickle_s * 1e3:.0f} ms for {pickle_mb:.1f} MB")
     print(f"best possible build/encoder ratio on {cores} cores with that decode work: {ideal:.3f}")
+    cpu_ratios = {}
+    for k in wall:
+        if k.startswith("build"):
+            tl = TIMELINES[k[len("build "):]]
+            cpu_ratios[k] = common.med([enc_cpu / (c + x["children_cpu"]) for c, x in zip(cpu[k], tl)])
+    print("encoder-alone CPU / build CPU (main + decode processes): "
+          + ", ".join(f"{k[len('build '):]} {v:.3f}" for k, v in cpu_ratios.items()))
     print("\nwhere each build's time went (medians, s): startup = until the first batch is encoded, "
           "waiting = encoder idle between batches, tail = after the last batch")
     common.table([[tag, *(common.med([x[k] for x in tl]) for k in ("wall", "startup", "encoding", "waiting", "tail")),
@@ -188,7 +199,7 @@ def main() -> None:
         "median_wall_s": {k: common.med(v) for k, v in wall.items()},
         "median_cpu_s_main_process": {k: common.med(v) for k, v in cpu.items()},
         "decode_cpu_s": decode_cpu, "pickle_s": pickle_s, "pickle_mb": pickle_mb, "ideal_ratio": ideal,
-        "ratios": ratios, "times": t, "timelines": TIMELINES, "verdicts": verdicts,
+        "ratios": ratios, "cpu_ratios": cpu_ratios, "times": t, "timelines": TIMELINES, "verdicts": verdicts,
     })
 
 
