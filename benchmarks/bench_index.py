@@ -118,7 +118,8 @@ class Clustered:
             rng = np.random.default_rng([seed, a])
             m = min(BLOCK, n - a)
             c = rng.integers(0, CLUSTERS, m)
-            x = self.centres[c] + rng.standard_normal((m, self.dim), dtype=np.float32) * np.float32(NOISE / np.sqrt(self.dim))
+            noise = rng.standard_normal((m, self.dim), dtype=np.float32) * np.float32(NOISE / np.sqrt(self.dim))
+            x = self.centres[c] + noise
             z = rng.standard_normal((m, RANK), dtype=np.float32) * np.float32(INSIDE / np.sqrt(RANK))
             sub = c % SUBSPACES
             for j in range(SUBSPACES):
@@ -287,7 +288,8 @@ def main() -> None:
         args.n = 50_000
     faiss.omp_set_num_threads(args.threads)
     k = args.k
-    result: dict[str, Any] = {"loadavg_at_start": machine()["loadavg_at_end"], "n": args.n, "dim": args.dim, "queries": args.queries, "k": k,
+    result: dict[str, Any] = {"loadavg_at_start": machine()["loadavg_at_end"], "n": args.n, "dim": args.dim,
+                              "queries": args.queries, "k": k,
                               "threads": args.threads, "kinds": {}}
     gen = Clustered(args.dim)
     t = time.perf_counter()

@@ -43,7 +43,8 @@ refuses a stale index (or updates it with --refresh). Frame ids stay valid after
 @click.option("--ef", "ef_search", type=click.IntRange(min=1), default=None,
               help="Default HNSW search beam [default: 128].")
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of adding new frames.")
-@click.option("--refresh", is_flag=True, help="Bring the index up to date (what a plain run does; rebuilds a damaged one).")
+@click.option("--refresh", is_flag=True,
+              help="Bring the index up to date (what a plain run does; rebuilds a damaged one).")
 @json_option
 @pass_quiet
 def index_cmd(store, kind, metric, nlist, hnsw_m, ef_construction, nprobe, ef_search, rebuild, refresh, as_json,
@@ -97,10 +98,12 @@ similarity (or inner product, or squared L2 distance: lower is closer).
 """)
 @store_argument
 @click.option("--video", "video_id", default=None, metavar="ID", help="Query with a stored video (its mean) ...")
-@click.option("--frame", type=click.IntRange(min=0), default=None, help="... or one of its sampled frames (frame number).")
+@click.option("--frame", type=click.IntRange(min=0), default=None,
+              help="... or one of its sampled frames (frame number).")
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="Query with an image file.")
 @click.option("--text", default=None, help="Query with a text prompt (CLIP stores).")
-@click.option("--vector", type=click.Path(dir_okay=False), default=None, help="Query with a (D,) vector in a .npy file.")
+@click.option("--vector", type=click.Path(dir_okay=False), default=None,
+              help="Query with a (D,) vector in a .npy file.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits to return.")
 @click.option("--label", multiple=True, help="Only videos with this label (repeat for several).")
 @click.option("--split", type=click.Choice(SPLIT_NAMES), default=None, help="Only videos of this stored split.")
@@ -137,7 +140,8 @@ def search_cmd(store, video_id, frame, image, text, vector, k, label, split, exc
         elif vector is not None:
             q = query_from_npy(s, vector)
             if q.ndim == 2 and len(q) != 1:
-                raise QueryError(f"{vector} holds {len(q)} vectors; the CLI searches one (use Store.search for batches)")
+                raise QueryError(f"{vector} holds {len(q)} vectors; the CLI searches one "
+                                 "(use Store.search for batches)")
             q = q.reshape(-1)
             what = f"vector {vector}"
         elif image is not None:
