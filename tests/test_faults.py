@@ -148,10 +148,12 @@ def test_3_verify_repair_then_rebuild_restores(class_videos, store_copy, runner)
 
 # 5. disk full ---------------------------------------------------------------------------------------
 @pytest.fixture
-def tiny_fs(tmp_path):
+def tiny_fs(tmp_path, request):
+    """A real tmpfs of ``request.param`` bytes (default 160 KiB); skipped where mount is not allowed."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], capture_output=True)
+    size = getattr(request, "param", "160k")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
         pytest.skip("cannot mount a tiny tmpfs here (needs root); the injected-ENOSPC test covers this")
     yield mnt
@@ -176,6 +178,26 @@ def test_5_disk_full_during_a_build(class_videos, tiny_fs, runner):
     assert json.loads((store / "manifest.json").read_text())["segments"]
     assert _check_store.__name__  # same invariants as the kill test
     assert committed == read_manifest(store).n_videos
+
+
+@pytest.mark.parametrize("tiny_fs", ["1m"], indirect=True)
+def test_5_disk_full_during_an_index_write(thumb_store, tiny_fs, runner):
+    """Fault: the filesystem fills up while `vstore index --rebuild` writes its FAISS files.
+    Sees: a one-line error saying to free space; no temporary files; the previous index still
+    loads and answers searches."""
+    store = tiny_fs / "store"
+    shutil.copytree(thumb_store, store)
+    assert runner.invoke(main, ["index", str(store), "-q"]).exit_code == 0
+    before = runner.invoke(main, ["search", str(store), "--video", "red_circle-00", "-k", "3", "--json"]).output
+    free = shutil.disk_usage(tiny_fs).free
+    (tiny_fs / "filler").write_bytes(b"\0" * max(0, free - 8192))
+    r = runner.invoke(main, ["index", str(store), "--rebuild", "-q"])
+    assert r.exit_code == 1, r.output
+    assert "free disk space" in r.output and "Traceback" not in r.output
+    assert not [p for p in store.rglob(".tmp-*")]
+    (tiny_fs / "filler").unlink()
+    after = runner.invoke(main, ["search", str(store), "--video", "red_circle-00", "-k", "3", "--json"])
+    assert after.exit_code == 0 and after.output == before
 
 
 # 6. bad videos corpus -------------------------------------------------------------------------------

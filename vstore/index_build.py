@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import IndexBuildError, IndexDamagedError
+from .errors import IndexBuildError, IndexDamagedError, StoreWriteError
 from .fsutil import TMP_PREFIX, WriteLock, atomic_write_json, command_line, fsync_dir, fsync_file, temp_path
 from .index import (META_NAME, IndexConfig, IndexMeta, IndexPart, factory_for, index_dir, index_status, new_index,
                     prefix_fingerprint, prepare, prepare_for_add, read_meta, train, train_rows_for)
@@ -152,8 +152,12 @@ def _write_part(directory: Path, stem: str, index: faiss.Index, factory: str) ->
         size, digest = tmp.stat().st_size, file_sha256(tmp)
         final = directory / f"{stem}-{uuid.uuid4().hex[:12]}.faiss"
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # FAISS reports a failed write (disk full) as RuntimeError
+            reason = str(e).splitlines()[0].split("failed: ")[-1][:300]
+            raise StoreWriteError(f"could not write the index into {directory} ({reason}); free disk space and "
+                                  "rerun `vstore index`: the previous index is untouched") from e
         raise
     return IndexPart(final.name, size, digest, int(index.ntotal), factory)
 
@@ -162,7 +166,11 @@ def _commit(store: Store, meta: IndexMeta) -> None:
     """Make ``meta`` the index, then delete the files it does not list. Caller holds the lock."""
     directory = index_dir(store.path)
     fsync_dir(directory)
-    atomic_write_json(directory / META_NAME, meta.to_dict())
+    try:
+        atomic_write_json(directory / META_NAME, meta.to_dict())
+    except OSError as e:
+        raise StoreWriteError(f"could not write {directory / META_NAME} ({e.strerror or e}); free disk space and "
+                              "rerun `vstore index`: the previous index is untouched") from e
     _clean(directory, keep={meta.frame_part.file, meta.video_part.file})
 
 
