@@ -242,10 +242,11 @@ def main() -> None:
         common.verdict("store / np.load", ratios["store_over_npy"], 1.5, False),
         common.verdict("JSON / store", ratios["json_over_store"], 100, True),
     ]
-    common.save("bench_load" + ("_quick" if args.quick else ""), {"videos": v, "repeats": repeats, "bytes": sizes, "ratios": ratios,
-                               "median_cpu_s": {k: common.med(x) for k, x in cpu.items()},
-                               "median_wall_s": {k: common.med(x) for k, x in wall.items()},
-                               "times": {"cpu": cpu, "wall": wall}, "verdicts": verdicts})
+    common.save("bench_load" + ("_quick" if args.quick else ""), {
+        "videos": v, "repeats": repeats, "bytes": sizes, "ratios": ratios,
+        "median_cpu_s": {k: common.med(x) for k, x in cpu.items()},
+        "median_wall_s": {k: common.med(x) for k, x in wall.items()},
+        "times": {"cpu": cpu, "wall": wall}, "verdicts": verdicts})
 
 
 if __name__ == "__main__":
