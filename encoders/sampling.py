@@ -138,12 +138,24 @@ class _Missed(Exception):
     """A target frame did not come out of the decoder where the packet table said it would."""
 
 
-def _frames(container, stream):
-    for packet in container.demux(stream):
-        try:
-            yield from packet.decode()
-        except av.InvalidDataError as e:  # a damaged packet costs only its own frame(s)
-            log.debug("skipping undecodable packet at %s: %s", packet.pts, e)
+def _frames(container, stream, wanted: Optional[set[int]] = None):
+    """Decoded frames from the current position. With ``wanted`` (pts of the frames to keep),
+    the decoder skips non-reference frames that are not wanted: nothing is predicted from
+    them, so the output is identical and 20-40% of the decoding is saved (single-threaded
+    decoders only: with frame threading the setting would reach the wrong frame)."""
+    ctx = stream.codec_context
+    skip = wanted is not None and not (stream.thread_type & av.codec.context.ThreadType.FRAME)
+    try:
+        for packet in container.demux(stream):
+            if skip:
+                ctx.skip_frame = "DEFAULT" if packet.pts in wanted or packet.pts is None else "NONREF"
+            try:
+                yield from packet.decode()
+            except av.InvalidDataError as e:  # a damaged packet costs only its own frame(s)
+                log.debug("skipping undecodable packet at %s: %s", packet.pts, e)
+    finally:
+        if skip:
+            ctx.skip_frame = "DEFAULT"
 
 
 def _make_converter(size: Optional[int], width: int, height: int) -> Callable:
@@ -170,6 +182,7 @@ def _decode_exact(container, stream, pr: VideoProbe, positions: np.ndarray, conv
     out: dict[int, np.ndarray] = {}
     key_pts = pr.pts[pr.keyframes]
     first_pts = int(pr.pts[0])
+    wanted = {int(p) for p in pr.pts[positions]}
     it = None
     last: Optional[int] = None  # pts of the last frame out of the decoder
 
@@ -204,7 +217,7 @@ def _decode_exact(container, stream, pr: VideoProbe, positions: np.ndarray, conv
         while status == "early":
             seek_to = int(key_pts[k]) if k >= 0 else min(first_pts, 0)  # 0: before any start time
             container.seek(seek_to, stream=stream, backward=True, any_frame=False)
-            it, last = _frames(container, stream), None
+            it, last = _frames(container, stream, wanted), None
             status, frame = advance(want)
             if status == "early":
                 if k < 0:
@@ -217,36 +230,44 @@ def _decode_exact(container, stream, pr: VideoProbe, positions: np.ndarray, conv
 
 
 def _decode_keyframes(container, stream, pr: VideoProbe, positions: np.ndarray, convert) -> dict[int, np.ndarray]:
-    """Decode only the keyframes at ``positions`` (the decoder skips every other frame).
+    """Decode only the keyframes at ``positions``.
 
-    A frame is kept only when its pts is exactly the wanted one; keyframes that imprecise
-    seeking (MPEG-TS...) misses are picked up by one sequential keyframe-only pass.
+    For each: seek, feed the decoder that keyframe's packet alone and drain it (the next seek
+    flushes it), so no other packet is demuxed into the decoder. A frame is kept only when
+    its pts is exactly the wanted one; what imprecise seeking (MPEG-TS...) misses is picked
+    up by one sequential keyframe-only pass.
     """
     out: dict[int, np.ndarray] = {}
     position_of = {int(pr.pts[p]): int(p) for p in positions}
-    stream.codec_context.skip_frame = "NONKEY"
-    try:
-        for pos in positions:
-            if int(pos) in out:
+    ctx = stream.codec_context
+    for pos in positions:
+        want = int(pr.pts[pos])
+        container.seek(want, stream=stream, backward=True, any_frame=False)
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None:
                 continue
-            want = int(pr.pts[pos])
-            container.seek(want, stream=stream, backward=True, any_frame=False)
-            for frame in _frames(container, stream):
-                if frame.pts is None or frame.pts > want:
-                    break
-                if frame.pts in position_of:
-                    out.setdefault(position_of[frame.pts], convert(frame))
-                if frame.pts == want:
-                    break
-        if len(out) < len(position_of):
-            container.seek(int(pr.pts[0]), stream=stream, backward=True, any_frame=False)
+            if packet.pts == want:
+                try:
+                    frames = list(packet.decode()) + list(ctx.decode(None))
+                except av.FFmpegError:
+                    frames = []
+                frame = next((f for f in frames if f.pts == want), None)
+                if frame is not None:
+                    out[int(pos)] = convert(frame)
+                break
+            if packet.pts > want and packet.is_keyframe:
+                break  # the seek landed past it
+    if len(out) < len(position_of):
+        ctx.skip_frame = "NONKEY"
+        try:
+            container.seek(min(int(pr.pts[0]), 0), stream=stream, backward=True, any_frame=False)
             for frame in _frames(container, stream):
                 if frame.pts in position_of and position_of[frame.pts] not in out:
                     out[position_of[frame.pts]] = convert(frame)
                     if len(out) == len(position_of):
                         break
-    finally:
-        stream.codec_context.skip_frame = "DEFAULT"
+        finally:
+            ctx.skip_frame = "DEFAULT"
     return out
 
 
