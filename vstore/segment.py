@@ -21,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,20 +37,39 @@ log = logging.getLogger(__name__)
 
 SEGMENT_FORMAT = "vstore-segment"
 SEGMENT_FORMAT_VERSION = 1
-_STR = h5py.string_dtype("utf-8")
+
+
+def _fixed_utf8(values: Sequence[str]) -> np.ndarray:
+    """Fixed-length, NUL-padded UTF-8: stored inside the dataset's own (checksummed) chunks.
+    Variable-length strings would live in HDF5's global heap, which has no checksum and on
+    which damaged bytes can send the HDF5 library into an endless loop."""
+    encoded = [v.encode("utf-8") for v in values]
+    width = max(1, max(map(len, encoded), default=1))
+    return np.array(encoded, dtype=h5py.string_dtype("utf-8", width))  # numpy "S<width>" tagged UTF-8
+
+
+def _text_attr(value: str) -> np.bytes_:
+    """Attribute text as fixed-length bytes (kept in the checksummed object header)."""
+    return np.bytes_(value.encode("utf-8"))
+
+
+def _attr_text(attrs: h5py.AttributeManager, name: str) -> str:
+    value = attrs.get(name)
+    return value.decode("utf-8", errors="replace") if isinstance(value, (bytes, np.bytes_)) else str(value)
 _VIDEO_NUMERIC = ("n_frames", "frame_offset", "total_frames", "duration",
                   "key_frame_index", "key_frame_time", "has_key_frame")
 _FRAME_NUMERIC = ("frame_index", "timestamp", "video")
 
 
 def strings_digest(ids: Sequence[str], labels: Sequence[str], sources: Sequence[str]) -> str:
-    h = hashlib.sha256()
+    """SHA-256 over the three string columns, each string length-prefixed (8 bytes, little endian)."""
+    parts = []
     for column in (ids, labels, sources):
         for s in column:
             b = s.encode("utf-8")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-    return h.hexdigest()
+            parts.append(len(b).to_bytes(8, "little"))
+            parts.append(b)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def file_sha256(path: Path, block: int = 1 << 22) -> str:
@@ -124,14 +144,14 @@ def write_segment(directory: Path, final_name: str, entries: Sequence[VideoEntry
     # libver v110: object headers and chunk indexes carry checksums of their own.
     with h5py.File(buffer, "w", libver=("v110", "latest")) as f:
         f.attrs.update({
-            "format": SEGMENT_FORMAT, "format_version": SEGMENT_FORMAT_VERSION,
-            "n_videos": len(entries), "n_frames": total, "dim": dim, "dtype": cfg.dtype,
-            "strings_sha256": strings_digest(ids, labels, sources),
+            "format": _text_attr(SEGMENT_FORMAT), "format_version": SEGMENT_FORMAT_VERSION,
+            "n_videos": len(entries), "n_frames": total, "dim": dim, "dtype": _text_attr(cfg.dtype),
+            "strings_sha256": _text_attr(strings_digest(ids, labels, sources)),
         })
         v = f.create_group("videos")
-        v.create_dataset("id", data=np.array(ids, dtype=object), dtype=_STR)
-        v.create_dataset("label", data=np.array(labels, dtype=object), dtype=_STR)
-        v.create_dataset("source", data=np.array(sources, dtype=object), dtype=_STR)
+        for name, column in (("id", ids), ("label", labels), ("source", sources)):
+            data = _fixed_utf8(column)
+            v.create_dataset(name, data=data, chunks=(len(data),), fletcher32=cfg.checksum)
         numeric = {
             "n_frames": n_frames.astype(np.int32),
             "frame_offset": offsets,
@@ -192,12 +212,19 @@ def _check_links(f: h5py.File, where: str) -> None:
     bad: list[str] = []
     datasets: list[bytes] = []
 
-    def visit(name: bytes, info) -> None:
-        if info.type != h5py.h5l.TYPE_HARD:
-            kind = "SoftLink" if info.type == h5py.h5l.TYPE_SOFT else "ExternalLink"
-            bad.append(f"/{name.decode()} is a {kind}")
-        elif h5py.h5o.get_info(f.id, name).type == h5py.h5o.TYPE_DATASET:
-            datasets.append(name)
+    def visit(name: bytes, info) -> Optional[bool]:
+        # Never raise inside HDF5's iteration (h5py turns that into a SystemError): record and stop.
+        try:
+            if info.type != h5py.h5l.TYPE_HARD:
+                kind = "SoftLink" if info.type == h5py.h5l.TYPE_SOFT else "ExternalLink"
+                bad.append(f"/{name.decode()} is a {kind}")
+                return True
+            if h5py.h5o.get_info(f.id, name).type == h5py.h5o.TYPE_DATASET:
+                datasets.append(name)
+        except Exception as e:  # damaged metadata
+            bad.append(f"/{name.decode(errors='replace')} cannot be read ({e})")
+            return True
+        return None
     f.id.links.visit(visit, info=True)
     if bad:
         raise StoreCorruptError(f"{where}: {bad[0]}; segments may not point outside themselves", where)
@@ -206,6 +233,17 @@ def _check_links(f: h5py.File, where: str) -> None:
         if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count():
             raise StoreCorruptError(f"{where}: dataset /{name.decode()} stores its data outside the file; refused",
                                     where)
+
+
+_PIECE_CHUNKS = 8  # chunks per piece of a pipelined read (8 MiB at 1024 x 512-d float16)
+_VERIFIER: Optional[ThreadPoolExecutor] = None
+
+
+def _verifier() -> ThreadPoolExecutor:
+    global _VERIFIER
+    if _VERIFIER is None:
+        _VERIFIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vstore-verify")
+    return _VERIFIER
 
 
 class SegmentReader:
@@ -234,20 +272,20 @@ class SegmentReader:
         except StoreCorruptError:
             self.file.close()
             raise
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # HDF5 reports damage as any of these
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, SystemError) as e:  # HDF5 reports damage as any of these
             self.file.close()
             raise StoreCorruptError(f"segment {where} is damaged ({type(e).__name__}: {e})", where) from e
 
     def _load(self, where: str, dim: Optional[int]) -> None:
         f = self.file
-        if f.attrs.get("format") != SEGMENT_FORMAT:
+        if _attr_text(f.attrs, "format") != SEGMENT_FORMAT:
             raise StoreCorruptError(f"{where} is not a vstore segment", where)
         _check_links(f, where)
         v = f["videos"]
-        self.ids = [s.decode("utf-8") if isinstance(s, bytes) else s for s in v["id"][()]]
-        labels = [s.decode("utf-8") if isinstance(s, bytes) else s for s in v["label"][()]]
-        self.sources = [s.decode("utf-8") if isinstance(s, bytes) else s for s in v["source"][()]]
-        if strings_digest(self.ids, labels, self.sources) != f.attrs.get("strings_sha256"):
+        self.ids = v["id"].asstr()[()].tolist()
+        labels = v["label"].asstr()[()].tolist()
+        self.sources = v["source"].asstr()[()].tolist()
+        if strings_digest(self.ids, labels, self.sources) != _attr_text(f.attrs, "strings_sha256"):
             raise StoreCorruptError(f"segment {where}: video ids/labels/sources fail their checksum", where)
         self.labels = [s or None for s in labels]
         self.numeric = {name: v[name][()] for name in _VIDEO_NUMERIC}
@@ -292,14 +330,31 @@ class SegmentReader:
         C = self.chunk_rows
         a, b = start // C * C, min(-(-stop // C) * C, self.n_frames)  # whole chunks covering the rows
         if a == start and b == stop and out.dtype == stored and out.flags.c_contiguous:
-            self._guard(self.embedding.read_direct, out, np.s_[a:b])
-            self._verify(out, a)
+            self._read_verified(out, a, b)
             return out
         buf = np.empty((b - a, self.dim), dtype=stored)
         self._guard(self.embedding.read_direct, buf, np.s_[a:b])
         self._verify(buf, a)
         out[...] = buf[start - a:stop - a]
         return out
+
+    def _read_verified(self, out: np.ndarray, a: int, b: int) -> None:
+        """Read whole chunks ``a:b`` into ``out``. Large reads go in pieces, each verified on a
+        helper thread while the next is read (HDF5 releases the GIL while it reads, numpy while
+        it sums), so checking costs little wall time."""
+        step = self.chunk_rows * _PIECE_CHUNKS
+        if self.checksums is None or b - a <= step:
+            self._guard(self.embedding.read_direct, out, np.s_[a:b])
+            self._verify(out, a)
+            return
+        pending = []
+        for p in range(a, b, step):
+            q = min(p + step, b)
+            piece = out[p - a:q - a]
+            self._guard(self.embedding.read_direct, piece, np.s_[p:q])
+            pending.append(_verifier().submit(self._verify, piece, p))
+        for f in pending:
+            f.result()  # re-raises StoreCorruptError
 
     def _verify(self, rows: np.ndarray, first_row: int) -> None:
         """Check the checksums of the whole chunks held in ``rows`` (starting at ``first_row``)."""
