@@ -21,7 +21,6 @@ import hashlib
 import io
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -61,15 +60,14 @@ _VIDEO_NUMERIC = ("n_frames", "frame_offset", "total_frames", "duration",
 _FRAME_NUMERIC = ("frame_index", "timestamp", "video")
 
 
-def strings_digest(ids: Sequence[str], labels: Sequence[str], sources: Sequence[str]) -> str:
-    """SHA-256 over the three string columns, each string length-prefixed (8 bytes, little endian)."""
-    parts = []
-    for column in (ids, labels, sources):
-        for s in column:
-            b = s.encode("utf-8")
-            parts.append(len(b).to_bytes(8, "little"))
-            parts.append(b)
-    return hashlib.sha256(b"".join(parts)).hexdigest()
+def strings_digest(columns: Sequence[np.ndarray]) -> str:
+    """SHA-256 over the stored fixed-length string columns: for each, its width as 8
+    little-endian bytes, then its raw NUL-padded bytes."""
+    h = hashlib.sha256()
+    for col in columns:
+        h.update(int(col.dtype.itemsize).to_bytes(8, "little"))
+        h.update(np.ascontiguousarray(col).tobytes())
+    return h.hexdigest()
 
 
 def file_sha256(path: Path, block: int = 1 << 22) -> str:
@@ -92,8 +90,11 @@ def chunk_checksums(rows: np.ndarray, chunk_rows: int) -> np.ndarray:
     row_bytes = rows.dtype.itemsize * int(np.prod(rows.shape[1:], dtype=np.int64))
     if row_bytes % 8 == 0 and n:
         words = rows.view(np.uint8).reshape(n, row_bytes).view("<u8")  # (n, row_bytes / 8)
-        per_row = words.sum(axis=1, dtype=np.uint64)  # wraps modulo 2**64
-        return np.add.reduceat(per_row, starts).astype(np.uint64)
+        full = n // chunk_rows
+        sums = words[:full * chunk_rows].reshape(full, chunk_rows * words.shape[1]).sum(axis=1, dtype=np.uint64)
+        if full * chunk_rows < n:  # sums wrap modulo 2**64
+            sums = np.append(sums, words[full * chunk_rows:].sum(dtype=np.uint64))
+        return sums.astype(np.uint64)
     out = np.empty(len(starts), dtype=np.uint64)
     for i, a in enumerate(starts):
         b = rows[a:a + chunk_rows].tobytes()
@@ -143,14 +144,14 @@ def write_segment(directory: Path, final_name: str, entries: Sequence[VideoEntry
     buffer = io.BytesIO()
     # libver v110: object headers and chunk indexes carry checksums of their own.
     with h5py.File(buffer, "w", libver=("v110", "latest")) as f:
+        strings = [_fixed_utf8(column) for column in (ids, labels, sources)]
         f.attrs.update({
             "format": _text_attr(SEGMENT_FORMAT), "format_version": SEGMENT_FORMAT_VERSION,
             "n_videos": len(entries), "n_frames": total, "dim": dim, "dtype": _text_attr(cfg.dtype),
-            "strings_sha256": _text_attr(strings_digest(ids, labels, sources)),
+            "strings_sha256": _text_attr(strings_digest(strings)),
         })
         v = f.create_group("videos")
-        for name, column in (("id", ids), ("label", labels), ("source", sources)):
-            data = _fixed_utf8(column)
+        for name, data in zip(("id", "label", "source"), strings):
             v.create_dataset(name, data=data, chunks=(len(data),), fletcher32=cfg.checksum)
         numeric = {
             "n_frames": n_frames.astype(np.int32),
@@ -235,17 +236,6 @@ def _check_links(f: h5py.File, where: str) -> None:
                                     where)
 
 
-_PIECE_CHUNKS = 8  # chunks per piece of a pipelined read (8 MiB at 1024 x 512-d float16)
-_VERIFIER: Optional[ThreadPoolExecutor] = None
-
-
-def _verifier() -> ThreadPoolExecutor:
-    global _VERIFIER
-    if _VERIFIER is None:
-        _VERIFIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vstore-verify")
-    return _VERIFIER
-
-
 class SegmentReader:
     """Read access to one committed segment. Small per-video arrays are loaded on open;
     frame data is read on demand."""
@@ -282,11 +272,10 @@ class SegmentReader:
             raise StoreCorruptError(f"{where} is not a vstore segment", where)
         _check_links(f, where)
         v = f["videos"]
-        self.ids = v["id"].asstr()[()].tolist()
-        labels = v["label"].asstr()[()].tolist()
-        self.sources = v["source"].asstr()[()].tolist()
-        if strings_digest(self.ids, labels, self.sources) != _attr_text(f.attrs, "strings_sha256"):
+        raw = [v[name][()] for name in ("id", "label", "source")]  # fixed-length UTF-8 bytes
+        if strings_digest(raw) != _attr_text(f.attrs, "strings_sha256"):
             raise StoreCorruptError(f"segment {where}: video ids/labels/sources fail their checksum", where)
+        self.ids, labels, self.sources = ([b.decode("utf-8") for b in col.tolist()] for col in raw)
         self.labels = [s or None for s in labels]
         self.numeric = {name: v[name][()] for name in _VIDEO_NUMERIC}
         self.n_videos = int(f.attrs["n_videos"])
@@ -339,22 +328,9 @@ class SegmentReader:
         return out
 
     def _read_verified(self, out: np.ndarray, a: int, b: int) -> None:
-        """Read whole chunks ``a:b`` into ``out``. Large reads go in pieces, each verified on a
-        helper thread while the next is read (HDF5 releases the GIL while it reads, numpy while
-        it sums), so checking costs little wall time."""
-        step = self.chunk_rows * _PIECE_CHUNKS
-        if self.checksums is None or b - a <= step:
-            self._guard(self.embedding.read_direct, out, np.s_[a:b])
-            self._verify(out, a)
-            return
-        pending = []
-        for p in range(a, b, step):
-            q = min(p + step, b)
-            piece = out[p - a:q - a]
-            self._guard(self.embedding.read_direct, piece, np.s_[p:q])
-            pending.append(_verifier().submit(self._verify, piece, p))
-        for f in pending:
-            f.result()  # re-raises StoreCorruptError
+        """Read whole chunks ``a:b`` straight into ``out``, then check them."""
+        self._guard(self.embedding.read_direct, out, np.s_[a:b])
+        self._verify(out, a)
 
     def _verify(self, rows: np.ndarray, first_row: int) -> None:
         """Check the checksums of the whole chunks held in ``rows`` (starting at ``first_row``)."""
