@@ -84,7 +84,7 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None, progress: bool =
 
     say(f"[2/5] building the store with {encoder.name}")
     build_store([out / "videos"], result.store, encoder, labels=labels,
-                config=BuildConfig(frames=cfg.frames, workers=1), store_config=StoreConfig(segment_videos=16),
+                config=BuildConfig(frames=cfg.frames), store_config=StoreConfig(segment_videos=16),
                 progress=progress)
     with Store.open(result.store) as store:
         save_split(result.store, make_split(store, SplitConfig(test_size=0.25, seed=0)))

@@ -30,8 +30,9 @@ failed (listed in STORE/{FAILURES_NAME}), 1 on an error that stopped the build.
               help="exact: precisely those frames (decodes from the keyframe before each). "
                    "keyframe: the keyframes nearest to them (approximate, much faster).")
 @encoder_options
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Decode processes running beside the encoder (0 = decode in-process).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decode processes running beside the encoder (0 = decode in-process) "
+                   "[default: up to 8 with a GPU encoder, a quarter of the CPU cores without].")
 @click.option("--timeout", "video_timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds before a stuck decode is killed and its video marked failed.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +40,10 @@ EXIT_SOME_FAILED = 3  # documented exit status of `vstore build` when some video
 class BuildConfig:
     frames: int = 100  # frames sampled per video, evenly spaced (the reference study used 100)
     sampling: str = "exact"  # exact = those precise frames; keyframe = nearest keyframes (fast, approximate)
-    workers: int = 2  # decode processes; 0 decodes in this process (no crash isolation)
+    # Decode processes; 0 decodes in this process (no crash isolation); None = auto: on a GPU
+    # decoding is the bottleneck (up to 8 workers), on a CPU the encoder needs the cores
+    # (a quarter of them, at least 1; decoding 100 frames costs ~10% of embedding them).
+    workers: Optional[int] = None
     video_timeout: float = 600.0  # seconds before a stuck decode is killed and the video failed
     decode_threads: int = 1  # codec threads per decode process
     compact: bool = True  # merge the small segments a build commits into large ones at the end
@@ -49,7 +53,7 @@ class BuildConfig:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.video_timeout <= 0:
             raise ValueError(f"video_timeout must be > 0, got {self.video_timeout}")
@@ -88,6 +92,11 @@ class DecodeTask:
     sampling: str
     size: int
     threads: int
+
+
+def auto_workers(device_type: str) -> int:
+    cores = os.cpu_count() or 1
+    return min(8, cores) if device_type == "cuda" else max(1, cores // 4)
 
 
 def decode_task(task: DecodeTask) -> SampledVideo:
@@ -244,10 +253,11 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
         log.info("%d videos found, %d already in %s, %d to build", len(videos), summary.skipped, store_path, len(todo))
         tasks = [DecodeTask(vid, str(path), config.frames, config.sampling, encoder.input_size, config.decode_threads)
                  for vid, path in todo]
-        if config.workers == 0:
+        workers = auto_workers(encoder.device.type) if config.workers is None else config.workers
+        if workers == 0:
             results = run_inline(decode_task, tasks)
         else:
-            results = IsolatedPool(decode_task, min(config.workers, max(1, len(tasks))),
+            results = IsolatedPool(decode_task, min(workers, max(1, len(tasks))),
                                    timeout=config.video_timeout).imap_unordered(tasks)
         batcher = FrameBatcher(encoder, batch_size or encoder.batch_size)
         bar = tqdm(total=len(tasks), unit="video", disable=not progress, dynamic_ncols=True, desc="build")
