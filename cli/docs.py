@@ -12,15 +12,20 @@ import click
 WIDTH = 100  # fixed, so the page does not depend on the terminal it was generated in
 
 
+def _context(cmd: click.Command, name: str, parent=None) -> click.Context:
+    # make_context applies the command's context_settings (e.g. -h as well as --help)
+    return cmd.make_context(name, [], parent=parent, resilient_parsing=True, terminal_width=WIDTH,
+                            max_content_width=WIDTH)
+
+
 def command_help(group: click.Group, name: str) -> str:
     cmd = group.commands[name]
-    with click.Context(group, info_name="vstore", terminal_width=WIDTH, max_content_width=WIDTH) as parent:
-        with click.Context(cmd, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH) as ctx:
-            return cmd.get_help(ctx)
+    with _context(group, "vstore") as parent, _context(cmd, name, parent) as ctx:
+        return cmd.get_help(ctx)
 
 
 def render(group: click.Group) -> str:
-    with click.Context(group, info_name="vstore", terminal_width=WIDTH, max_content_width=WIDTH) as ctx:
+    with _context(group, "vstore") as ctx:
         top = group.get_help(ctx)
     parts = ["# vstore command reference", "",
              "Generated from the commands' `--help` by `python -m cli.docs > docs/cli.md`; "
