@@ -24,6 +24,8 @@ from vstore.errors import SplitError
 
 log = logging.getLogger(__name__)
 
+GATHER_BYTES = 64 << 20  # in-memory batches are gathered in blocks of at most this many bytes
+
 
 def available_memory_bytes() -> int:
     try:
@@ -49,22 +51,35 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rows ``idx`` of every in-memory tensor (one index-select each)."""
-        return {k: v.index_select(0, idx) for k, v in self.tensors.items()}
+    def batch(self, idx: torch.Tensor, extra: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+        """Rows ``idx`` of every in-memory tensor (and of ``extra``'s), one index-select each."""
+        tensors = self.tensors if not extra else {**self.tensors, **extra}
+        return {k: v.index_select(0, idx) for k, v in tensors.items()}
 
-    def batches(self, batch_size: int, shuffle: Optional[torch.Generator] = None
+    def batches(self, batch_size: int, shuffle: Optional[torch.Generator] = None,
+                extra: Optional[dict[str, torch.Tensor]] = None, block_bytes: int = GATHER_BYTES
                 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """(row indices, batch) over the split; a random order drawn from ``shuffle`` if given."""
+        """(row indices, batch) over the split; a random order drawn from ``shuffle`` if given.
+
+        ``extra``: more (V, ...) tensors (e.g. targets) sliced with the same rows into the batch.
+        In-memory rows are gathered in the epoch's order once per block of whole batches (the
+        whole epoch for pooled (V, D) tensors, ~``block_bytes`` of frames otherwise) and each
+        batch is a view of its block: one gather per block instead of one per batch.
+        """
         if self.stream is not None:
             seed = None if shuffle is None else int(torch.randint(0, 2**31 - 1, (1,), generator=shuffle))
-            yield from self.stream.batches(self, batch_size, seed)
+            yield from self.stream.batches(self, batch_size, seed, extra)
             return
         order = torch.arange(len(self)) if shuffle is None else torch.randperm(len(self), generator=shuffle)
         order = order.to(self.device)
-        for a in range(0, len(order), batch_size):
-            idx = order[a:a + batch_size]
-            yield idx, self.batch(idx)
+        tensors = self.tensors if not extra else {**self.tensors, **extra}
+        row_bytes = sum(v[:1].numel() * v.element_size() for v in tensors.values())
+        per_block = max(1, block_bytes // max(1, row_bytes * batch_size)) * batch_size
+        for b in range(0, len(order), per_block):
+            rows = order[b:b + per_block]
+            block = {k: v.index_select(0, rows) for k, v in tensors.items()}  # (n, ...) each
+            for a in range(0, len(rows), batch_size):
+                yield rows[a:a + batch_size], {k: v[a:a + batch_size] for k, v in block.items()}
 
 
 class FrameStream:
@@ -79,8 +94,8 @@ class FrameStream:
         self.block_videos = max(1, block_videos)
         self.max_frames = max_frames
 
-    def batches(self, data: SplitData, batch_size: int, seed: Optional[int]
-                ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    def batches(self, data: SplitData, batch_size: int, seed: Optional[int],
+                extra: Optional[dict[str, torch.Tensor]] = None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         n = len(self.ids)
         starts = np.arange(0, n, self.block_videos)
         rng = np.random.default_rng(seed) if seed is not None else None
@@ -95,7 +110,7 @@ class FrameStream:
             valid = torch.from_numpy(padded.valid).to(data.device)  # (b, T)
             for s in range(0, len(rows), batch_size):
                 idx = torch.from_numpy(rows[s:s + batch_size]).to(data.device)
-                batch = data.batch(idx)
+                batch = data.batch(idx, extra)
                 batch["frames"] = frames[s:s + batch_size]
                 batch["valid"] = valid[s:s + batch_size]
                 yield idx, batch

@@ -2,6 +2,7 @@
 from a store's stored split to a run directory (see ``classifiers.runs``)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -12,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vstore import Store
@@ -21,7 +23,7 @@ from vstore.split import load_split
 from .config import BASELINES, TrainConfig
 from .data import SplitData, load_split_data
 from .metrics import aggregate_seeds, classification_metrics
-from .mixup import Mixup, soft_cross_entropy, soft_targets
+from .mixup import Mixup, soft_cross_entropy
 from .models import ModelConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -75,25 +77,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train_steps(model: nn.Module, opt: torch.optim.Optimizer, data: SplitData, cfg: TrainConfig,
-                generator: torch.Generator, mixup: Optional[Mixup], scaler: Optional[torch.amp.GradScaler] = None):
-    """One epoch as a generator of per-step losses (the hot loop: tensor slicing only)."""
+                generator: torch.Generator, mixup: Optional[Mixup]):
+    """One epoch as a generator of per-step losses (the hot loop: tensor slicing only).
+    AMP on CUDA is bfloat16 autocast, which needs no gradient scaler."""
     model.train()
     use_amp = cfg.amp and data.device.type == "cuda"
-    n_classes = model.cfg.n_classes
-    for idx, batch in data.batches(cfg.batch_size, shuffle=generator):
+    autocast = (lambda: torch.autocast(data.device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    onehot = F.one_hot(data.y, model.cfg.n_classes).float()  # (V, C), gathered with the batches
+    for idx, batch in data.batches(cfg.batch_size, shuffle=generator, extra={"targets": onehot}):
+        targets = batch.pop("targets")  # (B, C)
         mix = mixup.sample(len(idx), data.device) if mixup is not None else None
-        targets = soft_targets(data.y.index_select(0, idx), n_classes, mix)  # (B, C)
-        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        if mix is not None:
+            lam, perm = mix
+            targets = lam * targets + (1.0 - lam) * targets[perm]  # mixed like the inputs
+        with autocast():
             logits = model(batch, mix)  # (B, C)
         loss = soft_cross_entropy(logits, targets)
         opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        loss.backward()
+        opt.step()
         yield loss.detach()
 
 

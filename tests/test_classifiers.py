@@ -134,6 +134,26 @@ def test_streaming_when_frames_exceed_the_memory_budget(content_store, tmp_path)
     assert m["accuracy"] >= 0.75
 
 
+def test_block_gathered_batches_are_the_rows_they_name(content_store):
+    """Batches are views of blocks gathered in the epoch's order: every row once, each batch
+    exactly the rows its indices name (several blocks here), extra tensors sliced alike."""
+    with Store.open(content_store) as s:
+        ids = list(s.videos.ids)[:21]
+        data = load_split_data(s, ids, "transformer", torch.device("cpu"))
+    extra = {"targets": torch.nn.functional.one_hot(data.y, 4).float()}
+    row_bytes = sum(v[0].numel() * v.element_size() for v in [*data.tensors.values(), extra["targets"]])
+    got = list(data.batches(4, shuffle=torch.Generator().manual_seed(3), extra=extra, block_bytes=row_bytes * 9))
+    assert [len(i) for i, _ in got] == [4, 4, 4, 4, 4, 1]
+    assert sorted(torch.cat([i for i, _ in got]).tolist()) == list(range(21))
+    for idx, batch in got:
+        torch.testing.assert_close(batch["frames"], data.tensors["frames"][idx])
+        assert torch.equal(batch["valid"], data.tensors["valid"][idx])
+        assert torch.equal(batch["targets"].argmax(1), data.y[idx])
+    # the same order whatever the block size
+    again = [i for i, _ in data.batches(4, shuffle=torch.Generator().manual_seed(3))]
+    assert all(torch.equal(a, b) for a, (b, _) in zip(again, got))
+
+
 def test_seeds_give_mean_and_std(content_store, tmp_path):
     m = run_training(content_store, TrainConfig(model="linear", epochs=3, seeds=3), tmp_path / "run", progress=False)
     assert len(m["per_seed"]) == 3
