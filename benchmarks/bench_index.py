@@ -25,77 +25,25 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import statistics
-import sys
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
-OUT = ROOT / "out"  # git-ignored
-sys.path.insert(0, str(ROOT.parent))  # run as `python benchmarks/bench_index.py` from a checkout
-
-import vstore.index_build  # noqa: F401  (loaded now: later edits of the tree cannot mix versions)
+import common  # puts the checkout on sys.path
+import vstore.index_build  # noqa: F401,E402  (loaded now: later edits of the tree cannot mix versions)
 from vstore.index import IndexConfig, factory_for, new_index, prepare, prepare_for_add, train, train_rows_for
 from vstore.search import index_search
 
 TOPICS, CLUSTERS, SUBSPACES, RANK = 100, 10_000, 32, 32
 SPREAD, INSIDE, NOISE = 0.7, 0.8, 0.5
 BLOCK = 65_536
-
-
-# -- timing and reporting (self-contained: benchmarks/common.py belongs to other scripts) ------
-def out_dir(*parts: str) -> Path:
-    p = OUT.joinpath(*parts)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def interleaved(cases: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Wall seconds of each case in each round; cases rotate order every round, after one
-    untimed warm-up round, so load from other jobs on a shared machine hits all of them."""
-    names = list(cases)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(1 + repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            t = time.perf_counter()
-            cases[n]()
-            if r:
-                times[n].append(time.perf_counter() - t)
-    return times
-
-
-def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
-    """Median over rounds of times[num] / times[den] (timed side by side)."""
-    return statistics.median(a / b for a, b in zip(times[num], times[den]))
-
-
-def table(rows: list[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[str(h) for h in headers]] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for j, r in enumerate(cells):
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
-
-
-def machine() -> dict[str, Any]:
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_end": " ".join(load), "python": platform.python_version(),
-            "faiss": faiss.__version__, "numpy": np.__version__}
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -189,7 +137,7 @@ def add(index: faiss.Index, x: np.ndarray, cfg: IndexConfig) -> None:
 
 def index_bytes(index: faiss.Index) -> tuple[int, float]:
     """(size of the saved file, seconds to save it)."""
-    with tempfile.TemporaryDirectory(dir=out_dir("index")) as tmp:
+    with tempfile.TemporaryDirectory(dir=common.out_dir("index")) as tmp:
         t = time.perf_counter()
         faiss.write_index(index, os.path.join(tmp, "i.faiss"))
         return os.path.getsize(os.path.join(tmp, "i.faiss")), time.perf_counter() - t
@@ -235,7 +183,7 @@ def store_level(x: np.ndarray, extra: np.ndarray, frames_per_video: int = 100) -
     from vstore import StoreConfig, StoreWriter, VideoEntry
     from vstore.index import build_index
 
-    path = out_dir("index") / "store"
+    path = common.out_dir("index") / "store"
     shutil.rmtree(path, ignore_errors=True)
     identity = {"name": "synthetic", "id": "synthetic:v1", "dim": x.shape[1], "spec": None}
 
@@ -265,10 +213,8 @@ def store_level(x: np.ndarray, extra: np.ndarray, frames_per_video: int = 100) -
 
 def save(args: argparse.Namespace, result: dict[str, Any]) -> Path:
     """Write the results so far (also after each stage: a long run that dies keeps them)."""
-    path = out_dir() / ("bench_index.json" if args.n == 1_000_000 else f"bench_index_{args.n}.json")
-    path.write_text(json.dumps({"benchmark": "bench_index", "machine": machine(), "argv": sys.argv[1:], **result},
-                               indent=2, default=float))
-    return path
+    name = "bench_index" if args.n == 1_000_000 else f"bench_index_{args.n}"
+    return common.save(name, {"faiss": faiss.__version__, "numpy": np.__version__, **result}, quiet=True)
 
 
 def main() -> None:
@@ -288,7 +234,7 @@ def main() -> None:
         args.n = 50_000
     faiss.omp_set_num_threads(args.threads)
     k = args.k
-    result: dict[str, Any] = {"loadavg_at_start": machine()["loadavg_at_end"], "n": args.n, "dim": args.dim,
+    result: dict[str, Any] = {"loadavg_at_start": common.load_average(), "n": args.n, "dim": args.dim,
                               "queries": args.queries, "k": k,
                               "threads": args.threads, "kinds": {}}
     gen = Clustered(args.dim)
@@ -322,7 +268,7 @@ def main() -> None:
     cases = {"numpy": lambda: numpy_knn(x, q, k)}
     for kind, (index, factory, cfg) in built.items():
         cases[kind] = (lambda index=index, cfg=cfg: index_search(index, q, k, cfg.nprobe, cfg.ef_search))
-    times_by_case = interleaved(cases, repeats=args.repeats)
+    times_by_case = common.interleaved(cases, repeats=args.repeats)["wall"]
     np_qps = args.queries / statistics.median(times_by_case["numpy"])
     result["numpy"] = {"seconds": times_by_case["numpy"], "qps": np_qps}
     print(f"numpy brute force: {np_qps:.1f} queries/s (median of {args.repeats} rounds)")
@@ -332,7 +278,7 @@ def main() -> None:
         _, ids = index_search(index, q, k, cfg.nprobe, cfg.ef_search)
         entry["recall@10"] = recall_at(ids, truth, k)
         entry["qps"] = args.queries / statistics.median(times_by_case[kind])
-        entry["speedup_vs_numpy"] = ratio(times_by_case, "numpy", kind)
+        entry["speedup_vs_numpy"] = common.ratio(times_by_case, "numpy", kind)
         entry["single_query_ms"] = single_query_ms(index, q, k, cfg.nprobe, cfg.ef_search)
         if not args.no_sweep and kind != "auto":
             entry["sweep"] = sweep(index, factory, q, truth, k, cfg)
@@ -344,7 +290,7 @@ def main() -> None:
             print("   ", {key: round(v, 4) if isinstance(v, float) else v for key, v in sw.items()})
     save(args, result)
     print()
-    table(rows, ["kind", "factory", "build s", "index MiB", "RSS+ MiB", f"recall@{k}", "q/s", "x numpy",
+    common.table(rows, ["kind", "factory", "build s", "index MiB", "RSS+ MiB", f"recall@{k}", "q/s", "x numpy",
                         "ms/query"])
     auto_index = built["auto"][0] if "auto" in built else None
     built.clear()

@@ -99,9 +99,10 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_end": load_average(), "python": platform.python_version(), "platform": platform.platform()}
 
 
-def save(name: str, result: dict[str, Any]) -> Path:
+def save(name: str, result: dict[str, Any], quiet: bool = False) -> Path:
     path = out_dir() / f"{name}.json"
     result = {"benchmark": name, "machine": machine(), "argv": sys.argv[1:], **result}
     path.write_text(json.dumps(result, indent=2, default=float))
-    print(f"results written to {path}")
+    if not quiet:
+        print(f"results written to {path}")
     return path
