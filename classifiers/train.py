@@ -124,7 +124,8 @@ def train_seed(seed: int, cfg: TrainConfig, model_cfg: ModelConfig, train: Split
 
     for epoch in range(1, cfg.epochs + 1):
         bar = tqdm(total=steps_per_epoch, desc=f"{cfg.run_name} seed {seed} epoch {epoch}/{cfg.epochs}",
-                   unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+                   unit="step", leave=False, dynamic_ncols=True,
+                   disable=None if progress else True)  # None: no per-epoch bars in logs (not a terminal)
         t0, eval_time = time.perf_counter(), 0.0
         for loss in train_steps(model, opt, train, cfg, gen, mixup):
             step += 1
