@@ -24,13 +24,17 @@ class Mixup:
         return lam, perm
 
 
+def mix_targets(targets: torch.Tensor, mix: tuple[float, torch.Tensor] | None) -> torch.Tensor:
+    """(B, C) target distributions mixed with the same lambda and pairing as the inputs."""
+    if mix is None:
+        return targets
+    lam, perm = mix
+    return lam * targets + (1.0 - lam) * targets[perm]
+
+
 def soft_targets(y: torch.Tensor, n_classes: int, mix: tuple[float, torch.Tensor] | None) -> torch.Tensor:
     """(B,) class ids -> (B, C) target distributions, mixed like the inputs."""
-    t = F.one_hot(y, n_classes).float()
-    if mix is None:
-        return t
-    lam, perm = mix
-    return lam * t + (1.0 - lam) * t[perm]
+    return mix_targets(F.one_hot(y, n_classes).float(), mix)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

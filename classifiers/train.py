@@ -23,7 +23,7 @@ from vstore.split import load_split
 from .config import BASELINES, TrainConfig
 from .data import SplitData, load_split_data
 from .metrics import aggregate_seeds, classification_metrics
-from .mixup import Mixup, soft_cross_entropy
+from .mixup import Mixup, mix_targets, soft_cross_entropy
 from .models import ModelConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,8 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, data: SplitData, c
     autocast = (lambda: torch.autocast(data.device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     onehot = F.one_hot(data.y, model.cfg.n_classes).float()  # (V, C), gathered with the batches
     for idx, batch in data.batches(cfg.batch_size, shuffle=generator, extra={"targets": onehot}):
-        targets = batch.pop("targets")  # (B, C)
         mix = mixup.sample(len(idx), data.device) if mixup is not None else None
-        if mix is not None:
-            lam, perm = mix
-            targets = lam * targets + (1.0 - lam) * targets[perm]  # mixed like the inputs
+        targets = mix_targets(batch.pop("targets"), mix)  # (B, C)
         with autocast():
             logits = model(batch, mix)  # (B, C)
         loss = soft_cross_entropy(logits, targets)
