@@ -200,21 +200,20 @@ class VstoreLoop:
         self.model = build_model(ModelConfig(model=model_name, dim=D, n_classes=C, max_frames=T))
         self.opt = make_optimizer(self.model, self.cfg)
 
-    def steps(self, steps_fn: Callable = train_steps) -> Iterator[Any]:
-        """One epoch of ``steps_fn`` (default: the library's ``train_steps``)."""
-        return steps_fn(self.model, self.opt, self.data, self.cfg, self.gen, None)
+    def steps(self) -> Iterator[Any]:
+        """One epoch of the library's ``train_steps``."""
+        return train_steps(self.model, self.opt, self.data, self.cfg, self.gen, None)
 
 
 class FloorLoop:
     """forward + loss + zero_grad + backward + Adam step over pre-sliced batches: soft
-    cross-entropy on one-hot targets as in ``train_steps`` (``hard``: F.cross_entropy on ids)."""
+    cross-entropy on one-hot targets as in ``train_steps``."""
 
     def __init__(self, model: nn.Module, batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]],
-                 hard: bool = False, seed: int = 0):
+                 seed: int = 0):
         torch.manual_seed(seed)
         self.model = model
-        self.batches = [(b, t.argmax(1)) for b, t in batches] if hard else batches  # (inputs, targets)
-        self.hard = hard
+        self.batches = batches  # (inputs, one-hot targets)
         self.opt = make_optimizer(model, TrainConfig(batch_size=BATCH))
 
     def steps(self) -> Iterator[torch.Tensor]:
@@ -222,7 +221,7 @@ class FloorLoop:
         model, opt = self.model, self.opt
         for batch, targets in self.batches:
             logits = model(batch)
-            loss = F.cross_entropy(logits.float(), targets) if self.hard else soft_cross_entropy(logits, targets)
+            loss = soft_cross_entropy(logits, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

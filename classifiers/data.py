@@ -53,8 +53,10 @@ class SplitData:
 
     def batch(self, idx: torch.Tensor, extra: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
         """Rows ``idx`` of every in-memory tensor (and of ``extra``'s), one index-select each."""
-        tensors = self.tensors if not extra else {**self.tensors, **extra}
-        return {k: v.index_select(0, idx) for k, v in tensors.items()}
+        return {k: v.index_select(0, idx) for k, v in self._with(extra).items()}
+
+    def _with(self, extra: Optional[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return self.tensors if not extra else {**self.tensors, **extra}
 
     def batches(self, batch_size: int, shuffle: Optional[torch.Generator] = None,
                 extra: Optional[dict[str, torch.Tensor]] = None, block_bytes: int = GATHER_BYTES
@@ -72,7 +74,7 @@ class SplitData:
             return
         order = torch.arange(len(self)) if shuffle is None else torch.randperm(len(self), generator=shuffle)
         order = order.to(self.device)
-        tensors = self.tensors if not extra else {**self.tensors, **extra}
+        tensors = self._with(extra)
         row_bytes = sum(v[:1].numel() * v.element_size() for v in tensors.values())
         per_block = max(1, block_bytes // max(1, row_bytes * batch_size)) * batch_size
         for b in range(0, len(order), per_block):

@@ -55,6 +55,8 @@ def _text_attr(value: str) -> np.bytes_:
 def _attr_text(attrs: h5py.AttributeManager, name: str) -> str:
     value = attrs.get(name)
     return value.decode("utf-8", errors="replace") if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
 _VIDEO_NUMERIC = ("n_frames", "frame_offset", "total_frames", "duration",
                   "key_frame_index", "key_frame_time", "has_key_frame")
 _FRAME_NUMERIC = ("frame_index", "timestamp", "video")
@@ -318,19 +320,13 @@ class SegmentReader:
             return out
         C = self.chunk_rows
         a, b = start // C * C, min(-(-stop // C) * C, self.n_frames)  # whole chunks covering the rows
-        if a == start and b == stop and out.dtype == stored and out.flags.c_contiguous:
-            self._read_verified(out, a, b)
-            return out
-        buf = np.empty((b - a, self.dim), dtype=stored)
+        direct = a == start and b == stop and out.dtype == stored and out.flags.c_contiguous
+        buf = out if direct else np.empty((b - a, self.dim), dtype=stored)
         self._guard(self.embedding.read_direct, buf, np.s_[a:b])
         self._verify(buf, a)
-        out[...] = buf[start - a:stop - a]
+        if not direct:
+            out[...] = buf[start - a:stop - a]
         return out
-
-    def _read_verified(self, out: np.ndarray, a: int, b: int) -> None:
-        """Read whole chunks ``a:b`` straight into ``out``, then check them."""
-        self._guard(self.embedding.read_direct, out, np.s_[a:b])
-        self._verify(out, a)
 
     def _verify(self, rows: np.ndarray, first_row: int) -> None:
         """Check the checksums of the whole chunks held in ``rows`` (starting at ``first_row``)."""
