@@ -31,12 +31,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 import common
+import numpy as np
 from bench_sampling import FPS, encode_video
+
 from encoders.build import BuildConfig, auto_workers, build_store
-from encoders.sampling import sample_video
+from encoders.video.sampling import sample_video
 
 # No torch at module level: spawned decode processes re-import this script (as __mp_main__),
 # and should stay as light as `vstore build`'s own.
@@ -76,8 +76,8 @@ TIMELINES: dict[str, list[dict]] = {}
 
 
 def nice_decode_task(task):
-    """encoders.build.decode_task in a decode process lowered to nice 10 (experiment)."""
-    import encoders.build as build
+    """encoders.build.pipeline.decode_task in a decode process lowered to nice 10 (experiment)."""
+    import encoders.build.pipeline as build
     if os.getpriority(os.PRIO_PROCESS, 0) < 10:
         os.nice(10 - os.getpriority(os.PRIO_PROCESS, 0))
     return build.decode_task(task)
@@ -85,7 +85,7 @@ def nice_decode_task(task):
 
 def run_build(videos: Path, encoder, frames: int, workers: int, tag: str, nice: bool = False) -> float:
     """One fresh build; records where its time went (startup, encoding, waiting, tail) in TIMELINES."""
-    import encoders.build as build
+    import encoders.build.pipeline as build
     store = common.OUT / "build" / "stores" / "".join(c if c.isalnum() else "_" for c in tag)
     if store.exists():
         shutil.rmtree(store)
@@ -126,6 +126,7 @@ def main() -> None:
     p.add_argument("--nice", action="store_true", help="also time builds whose decode processes run at nice 10")
     args = p.parse_args()
     import torch
+
     from encoders.registry import load_encoder
     n_videos, seconds, frames = (4, 20, 16) if args.quick else (8, 30, 32)
     repeats = 1 if args.quick else args.repeats

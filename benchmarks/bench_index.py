@@ -26,17 +26,17 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import common  # puts the checkout on sys.path
 import faiss
 import numpy as np
 
-import common  # puts the checkout on sys.path
 import vstore.index_build  # noqa: F401,E402  (loaded now: later edits of the tree cannot mix versions)
 from vstore.index import IndexConfig, factory_for, new_index, prepare, prepare_for_add, train, train_rows_for
 from vstore.search import index_search
@@ -266,14 +266,14 @@ def main() -> None:
 
     # The machine may be shared: time every index and the NumPy baseline side by side, in rounds.
     cases = {"numpy": lambda: numpy_knn(x, q, k)}
-    for kind, (index, factory, cfg) in built.items():
+    for kind, (index, _factory, cfg) in built.items():
         cases[kind] = (lambda index=index, cfg=cfg: index_search(index, q, k, cfg.nprobe, cfg.ef_search))
     times_by_case = common.interleaved(cases, repeats=args.repeats)["wall"]
     np_qps = args.queries / statistics.median(times_by_case["numpy"])
     result["numpy"] = {"seconds": times_by_case["numpy"], "qps": np_qps}
     print(f"numpy brute force: {np_qps:.1f} queries/s (median of {args.repeats} rounds)")
     rows = []
-    for kind, (index, factory, cfg) in built.items():
+    for kind, (index, _factory, cfg) in built.items():
         entry = result["kinds"][kind]
         _, ids = index_search(index, q, k, cfg.nprobe, cfg.ef_search)
         entry["recall@10"] = recall_at(ids, truth, k)

@@ -25,9 +25,9 @@ import shutil
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 
-import common
 from vstore import Store, StoreConfig, StoreWriter
 from vstore.maintenance import compact
 from vstore.records import VideoEntry

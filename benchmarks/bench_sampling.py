@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import av
+import common
 import numpy as np
 
-import common
-from encoders.sampling import probe, sample_video
+from encoders.video.sampling import probe, sample_video
 
 W, H, FPS = 640, 360, 30
 N = 100
@@ -218,7 +218,7 @@ def keyframes_drained(path: Path, want_pts: np.ndarray) -> list[np.ndarray]:
 
 def count_exact_decodes(path: Path) -> tuple[object, int]:
     """sample_video(exact) with vstore's internal frame iterator wrapped to count decoded frames."""
-    import encoders.sampling as sampling
+    import encoders.video.sampling as sampling
     original, n = sampling._frames, [0]
 
     def counting(container, stream, wanted=None):
@@ -338,7 +338,8 @@ def main() -> None:
         print("WARNING: exact sampling returned other frames than the lower-bound decoder")
     if not all(r["skip_nonref_equals_lower_bound"] and r["keyframes_drained_equal_keyframe_mode"] for r in results):
         print("WARNING: an experiment returned other frames than the case it stands in for")
-    common.save("bench_sampling" + ("_quick" if args.quick else ""), {"repeats": repeats, "results": results, "verdicts": verdicts})
+    common.save("bench_sampling" + ("_quick" if args.quick else ""),
+                {"repeats": repeats, "results": results, "verdicts": verdicts})
 
 
 if __name__ == "__main__":

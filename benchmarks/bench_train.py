@@ -41,12 +41,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import common
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 from classifiers.config import TrainConfig
 from classifiers.data import SplitData, load_split_data
 from classifiers.mixup import soft_cross_entropy
@@ -90,7 +90,7 @@ def make_inputs(v: int) -> dict[str, Path]:
     labels: dict[str, str] = {}
     Store.create(paths["store"]).close()
     with StoreWriter(paths["store"], IDENTITY) as w:
-        for i, vid in enumerate(ids_of(v)):
+        for _i, vid in enumerate(ids_of(v)):
             lab = int(rng.integers(C))
             emb = video_vectors(rng, centers, lab)
             w.add(VideoEntry(id=vid, embeddings=emb, frame_index=np.arange(T), timestamp=np.arange(T) / 30.0,

@@ -96,7 +96,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_end": load_average(), "python": platform.python_version(), "platform": platform.platform()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_end": load_average(),
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def save(name: str, result: dict[str, Any], quiet: bool = False) -> Path:

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from encoders.build import BuildConfig, build_store
 from encoders.errors import EncoderUnavailableError
 from encoders.registry import DEFAULT_ENCODER, load_encoder
-from encoders.synthetic import CONTENT_CLASSES, make_class_video
+from encoders.video.synthetic import CONTENT_CLASSES, make_class_video
 from vstore import Store, StoreConfig
 from vstore.labels import Labels
 from vstore.split import SplitConfig, make_split, save_split
@@ -112,7 +112,7 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None, progress: bool =
 def demo_search(store_path: Path, out: Path) -> Path:
     """Index the store, search with the middle frame of the first test video (its own video
     excluded), and write the hits as a contact sheet."""
-    from encoders.sheet import contact_sheet
+    from encoders.video.sheet import contact_sheet
     from vstore.index_build import build_index
     from vstore.search import query_from_frame, search
     from vstore.split import split_ids

@@ -15,7 +15,7 @@ import torch
 
 from encoders.errors import VideoError
 from encoders.registry import encoder_for_store
-from encoders.sampling import sample_video
+from encoders.video.sampling import sample_video
 from vstore.errors import VStoreError
 
 from .config import TRAINED_MODELS

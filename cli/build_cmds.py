@@ -89,7 +89,7 @@ def import_json_cmd(src, store, labels, encoder_spec, dtype, quiet):
                           progress=not quiet)
     click.echo(f"imported {summary.imported}, skipped {summary.skipped} (already in store), "
                f"failed {len(summary.failures)}")
-    for path, reason in summary.failures[:10]:
+    for _path, reason in summary.failures[:10]:
         click.echo(f"  {reason}", err=True)
     if summary.failures:
         raise SystemExit(EXIT_SOME_FAILED)

@@ -8,7 +8,6 @@ import sys
 
 import click
 
-
 WIDTH = 100  # fixed, so the page does not depend on the terminal it was generated in
 
 

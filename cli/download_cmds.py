@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import click
 
-from encoders.build import EXIT_SOME_FAILED
 from encoders.download import (
-    DEFAULT_FORMAT, DEFAULT_URL_TEMPLATE, DOWNLOADED_NAME, FAILURES_NAME, DownloadConfig, DownloadSummary,
+    DEFAULT_FORMAT,
+    DEFAULT_URL_TEMPLATE,
+    DOWNLOADED_NAME,
+    FAILURES_NAME,
+    DownloadConfig,
+    DownloadSummary,
     download_videos,
 )
+from encoders.errors import EXIT_SOME_FAILED
 
 from .options import human_bytes, pass_quiet
 

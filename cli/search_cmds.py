@@ -156,7 +156,7 @@ def search_cmd(store, video_id, frame, image, text, vector, k, label, split, exc
         hits = search(s, q, k, label=list(label) or None, split=split, exclude_videos=exclude_video,
                       per_video=per_video, nprobe=nprobe, ef=ef, level=level)
         if sheet:
-            from encoders.sheet import contact_sheet
+            from encoders.video.sheet import contact_sheet
             contact_sheet(s, hits, sheet, title=f"{store}: {what}")
     if as_json:
         click.echo(json.dumps({"query": what, "k": k, "hits": [h.to_dict() for h in hits]}, indent=2))

@@ -64,7 +64,8 @@ def info_cmd(store, as_json):
     click.echo(f"frames     {info['frames']}  ({frames_per:.1f} per video)")
     if info["label_names"]:
         counts = ", ".join(f"{k} {v}" for k, v in info["label_counts"].items())
-        click.echo(f"labels     {len(info['label_names'])}: {counts}" + (f", (none) {info['unlabeled']}" if info["unlabeled"] else ""))
+        none = f", (none) {info['unlabeled']}" if info["unlabeled"] else ""
+        click.echo(f"labels     {len(info['label_names'])}: {counts}{none}")
     else:
         click.echo("labels     none")
     if info["failures"]:

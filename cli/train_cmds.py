@@ -85,7 +85,8 @@ def train_cmd(store, model, out, mixup, alpha, epochs, batch_size, lr, seeds, ev
     std = lambda key: f" ± {m[key + '_std']:.3f}" if m["seeds"] > 1 else ""  # noqa: E731
     click.echo(f"{m['name']}: accuracy {m['accuracy']:.3f}{std('accuracy')}, F1 micro {m['f1_micro']:.3f}"
                f"{std('f1_micro')}, F1 macro {m['f1_macro']:.3f}{std('f1_macro')} on {m['n_test']} test videos")
-    click.echo(f"wrote {out}/ (metrics.json, history.json, confusion.png{', curves.png' if Path(out, 'curves.png').exists() else ''}, model.pt)")
+    curves = ", curves.png" if Path(out, "curves.png").exists() else ""
+    click.echo(f"wrote {out}/ (metrics.json, history.json, confusion.png{curves}, model.pt)")
 
 
 @click.command("report", epilog="""\b

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import TextUnsupportedError
-from .geometry import center_crop_offsets, resized_size
+from .video.geometry import center_crop_offsets, resized_size
 
 log = logging.getLogger(__name__)
 

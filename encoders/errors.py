@@ -1,6 +1,8 @@
 """Errors of the video/encoder side; all are ``VStoreError`` so the CLI reports them cleanly."""
 from vstore.errors import VStoreError
 
+EXIT_SOME_FAILED = 3  # documented exit status of `build`, `download`, `predict` when some inputs failed
+
 
 class VideoError(VStoreError):
     """A video file that cannot be decoded (the message says why, for failures.csv)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from encoders.synthetic import CONTENT_CLASSES, make_class_video
+from encoders.video.synthetic import CONTENT_CLASSES, make_class_video
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CSV = REPO.parent / "shared" / "data" / "youtube_videos_dataset.csv"

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cli.main import main
-from encoders.synthetic import make_class_video
+from encoders.video.synthetic import make_class_video
 from vstore import Store
 from vstore.labels import load_labels
 from vstore.manifest import read_manifest

@@ -12,7 +12,7 @@ from classifiers.models import ModelConfig, build_model, masked_mean
 from classifiers.train import run_training
 from encoders.build import BuildConfig, build_store
 from encoders.registry import load_encoder
-from encoders.synthetic import CONTENT_CLASSES, ORDER_CLASSES, make_class_video
+from encoders.video.synthetic import CONTENT_CLASSES, ORDER_CLASSES, make_class_video
 from vstore import Store, StoreConfig
 from vstore.labels import Labels
 from vstore.split import SplitConfig, make_split, save_split
@@ -22,7 +22,7 @@ def make_store(root, classes, per_class, frames=10, n_frames=20, seed_base=0):
     videos = root / "videos"
     videos.mkdir(parents=True)
     labels = {}
-    for c, kind in enumerate(classes):
+    for _c, kind in enumerate(classes):
         for i in range(per_class):
             vid = f"{kind}-{i:02d}"
             make_class_video(videos / f"{vid}.mp4", kind, n_frames=n_frames, seed=seed_base + i)

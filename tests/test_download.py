@@ -24,12 +24,20 @@ import yt_dlp
 
 from cli.main import main
 from encoders.download import (
-    DEFAULT_URL_TEMPLATE, DownloadBusyError, DownloadConfig, RateGate, classify_error, download_videos,
+    DEFAULT_URL_TEMPLATE,
+    DownloadBusyError,
+    DownloadConfig,
+    RateGate,
+    classify_error,
+    download_videos,
 )
-from encoders.download_log import (
-    BadDownload, VideoTableError, probe_download, read_video_table,
+from encoders.download.ledger import (
+    BadDownload,
+    VideoTableError,
+    probe_download,
+    read_video_table,
 )
-from encoders.synthetic import CONTENT_CLASSES, make_class_video
+from encoders.video.synthetic import CONTENT_CLASSES, make_class_video
 from vstore.fsutil import WriteLock
 from vstore.labels import load_labels
 
@@ -642,9 +650,9 @@ def test_rate_gate_pauses_everyone_after_429_and_relaxes():
 
 
 def test_ytdlp_warnings_are_shown_once_each(caplog):
-    from encoders.download import _YtdlpLog
+    from encoders.download.fetch import _YtdlpLog
     ylog = _YtdlpLog(max_shown=2)
-    with caplog.at_level("WARNING", logger="encoders.download"):
+    with caplog.at_level("WARNING", logger="encoders.download.fetch"):
         for vid in ("abc", "def"):
             ylog.warning(f"WARNING: [youtube] {vid}: No supported JavaScript runtime could be found.")
         ylog.warning("WARNING: another")

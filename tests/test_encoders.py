@@ -10,7 +10,7 @@ from PIL import Image
 
 from encoders.errors import EncoderSpecError, EncoderUnavailableError, TextUnsupportedError
 from encoders.registry import describe_spec, encoder_for_store, load_encoder
-from encoders.sampling import sample_video
+from encoders.video.sampling import sample_video
 
 
 def cosine(a, b):

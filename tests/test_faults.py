@@ -18,10 +18,10 @@ import av
 import h5py
 import numpy as np
 import pytest
+from test_build import _check_store, kill_build_repeatedly
 
 from cli.main import main
-from encoders.synthetic import index_frame, make_class_video, write_index_video, write_video
-from test_build import _check_store, kill_build_repeatedly
+from encoders.video.synthetic import index_frame, write_index_video, write_video
 from vstore import Store, StoreConfig, StoreCorruptError, StoreWriter, VideoEntry
 from vstore.fsutil import WriteLock
 from vstore.manifest import read_manifest

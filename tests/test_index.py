@@ -65,7 +65,7 @@ def add_class_videos(store: Path, class_videos, tmp_path: Path, n: int = 2) -> i
     """Build ``n`` more labelled clips into ``store`` (thumbnail, 8 frames); returns new frames."""
     from encoders.build import BuildConfig, build_store
     from encoders.registry import load_encoder
-    from encoders.synthetic import CONTENT_CLASSES, make_class_video
+    from encoders.video.synthetic import CONTENT_CLASSES, make_class_video
     from vstore.labels import load_labels
     extra = tmp_path / "extra"
     extra.mkdir()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_index import vector_store
 
 from classifiers.knn import knn_predict, vote_weights
 from classifiers.zeroshot import label_prompts, zero_shot_predict
 from encoders.errors import TextUnsupportedError
-from test_index import vector_store
 from vstore import Store, VStoreError
 from vstore.errors import QueryError
 from vstore.index import IndexConfig, build_index

@@ -1,6 +1,7 @@
 """The decode pool: a task that crashes, hangs or raises costs only that task."""
-from encoders.workers import IsolatedPool, TaskFailure, run_inline
 from pool_tasks import misbehave
+
+from encoders.build.workers import IsolatedPool, TaskFailure, run_inline
 
 
 def test_bad_tasks_cost_only_themselves():

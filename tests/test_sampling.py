@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from encoders.errors import VideoError
-from encoders.sampling import decode_frames, find_videos, sample_video, target_indices
-from encoders.synthetic import index_frame, read_index, write_index_video, write_video
+from encoders.video.sampling import decode_frames, find_videos, sample_video, target_indices
+from encoders.video.synthetic import index_frame, read_index, write_index_video, write_video
 from vstore.records import key_frame_index
 
 H264_LONG_GOP = {"preset": "veryfast", "bf": "3", "g": "300", "keyint_min": "300", "sc_threshold": "0"}

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from test_index import all_vectors, brute_force, vector_store
 
 import vstore.search as vsearch
 from cli.main import main
 from encoders.errors import TextUnsupportedError
-from test_index import all_vectors, brute_force, vector_store
 from vstore import Store, UnknownVideoError
 from vstore.errors import QueryError
 from vstore.index import IndexConfig, build_index
@@ -194,7 +194,7 @@ def test_search_cli_table_json_and_sheet(store_copy, runner, tmp_path):
 
 
 def test_contact_sheet_falls_back_to_key_frames(store_copy, tmp_path):
-    from encoders.sheet import contact_sheet, hit_images
+    from encoders.video.sheet import contact_sheet, hit_images
     build_index(store_copy)
     with Store.open(store_copy) as s:
         hits = search(s, query_from_video(s, "blue_stripes-02"), 3)
@@ -236,7 +236,7 @@ def test_text_and_image_queries_with_tiny_clip(clip_store, runner, tmp_path):
     from PIL import Image
 
     from encoders.queries import query_from_image, query_from_text, store_encoder
-    from encoders.sampling import decode_frames
+    from encoders.video.sampling import decode_frames
     with Store.open(clip_store) as s:
         enc = store_encoder(s, "cpu")
         t = query_from_text(s, "a video about red circle", enc)

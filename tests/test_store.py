@@ -9,8 +9,21 @@ import h5py
 import numpy as np
 import pytest
 
-from vstore import (IncompatibleEncoderError, Store, StoreConfig, StoreCorruptError, StoreLockedError,
-                    StoreNotFoundError, StoreWriteError, StoreWriter, UnknownVideoError, VideoEntry, VStoreError, compact, verify)
+from vstore import (
+    IncompatibleEncoderError,
+    Store,
+    StoreConfig,
+    StoreCorruptError,
+    StoreLockedError,
+    StoreNotFoundError,
+    StoreWriteError,
+    StoreWriter,
+    UnknownVideoError,
+    VideoEntry,
+    VStoreError,
+    compact,
+    verify,
+)
 from vstore.fsutil import WriteLock
 from vstore.manifest import read_manifest
 

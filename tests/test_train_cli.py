@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import pickle
 from collections import Counter
+
 import pytest
 import torch
 

@@ -4,8 +4,17 @@ This package knows vectors and their metadata, whoever made them; it imports not
 ``encoders``, ``classifiers`` or ``cli``.
 """
 from .config import StoreConfig
-from .errors import (IncompatibleEncoderError, LabelsError, SplitError, StoreCorruptError, StoreLockedError,
-                     StoreNotFoundError, StoreWriteError, UnknownVideoError, VStoreError)
+from .errors import (
+                     IncompatibleEncoderError,
+                     LabelsError,
+                     SplitError,
+                     StoreCorruptError,
+                     StoreLockedError,
+                     StoreNotFoundError,
+                     StoreWriteError,
+                     UnknownVideoError,
+                     VStoreError,
+)
 from .maintenance import compact, verify
 from .records import VideoEntry, VideoTable, key_frame_index
 from .store import FrameBlock, PaddedVideos, Store

@@ -20,8 +20,22 @@ from tqdm.auto import tqdm
 
 from .errors import IndexBuildError, IndexDamagedError, StoreWriteError
 from .fsutil import TMP_PREFIX, WriteLock, atomic_write_json, command_line, fsync_dir, fsync_file, temp_path
-from .index import (META_NAME, IndexConfig, IndexMeta, IndexPart, factory_for, index_dir, index_status, new_index,
-                    prefix_fingerprint, prepare, prepare_for_add, read_meta, train, train_rows_for)
+from .index import (
+    META_NAME,
+    IndexConfig,
+    IndexMeta,
+    IndexPart,
+    factory_for,
+    index_dir,
+    index_status,
+    new_index,
+    prefix_fingerprint,
+    prepare,
+    prepare_for_add,
+    read_meta,
+    train,
+    train_rows_for,
+)
 from .index_load import _CACHE, _read_part, check_part
 from .manifest import read_manifest
 from .segment import file_sha256

@@ -14,8 +14,18 @@ from typing import Optional
 import faiss
 
 from .errors import IndexDamagedError, IndexNotFoundError, StaleIndexError
-from .index import (META_NAME, IndexConfig, IndexMeta, IndexPart, _faiss_message, damaged, index_dir,
-                    index_status, read_meta, stale_error)
+from .index import (
+    META_NAME,
+    IndexConfig,
+    IndexMeta,
+    IndexPart,
+    _faiss_message,
+    damaged,
+    index_dir,
+    index_status,
+    read_meta,
+    stale_error,
+)
 from .segment import file_sha256
 from .store import Store
 

@@ -238,7 +238,7 @@ class Store:
         """
         video_of_row_base = 0
         base = 0
-        for s, seg in enumerate(self.segments):
+        for _s, seg in enumerate(self.segments):
             chunk = seg.chunk_rows
             step = max(chunk, -(-(block_rows or chunk * 16) // chunk) * chunk)
             seg_video = seg.read_frame_column("video")  # (F,) local video row

@@ -18,7 +18,7 @@ from vstore import Store
 from vstore.fsutil import atomic_write_bytes
 from vstore.search import Hit
 
-from .errors import VideoError
+from ..errors import VideoError
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,6 @@ segments as they finish, so an interrupted build keeps its work and a rerun resu
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import time
@@ -21,19 +19,18 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vstore import Store, StoreConfig, StoreWriter, VideoEntry, compact
-from vstore.fsutil import atomic_write_bytes
 from vstore.labels import Labels
 
-from .sampling import SAMPLING_MODES, SampledVideo, find_videos, sample_video
+from ..errors import EXIT_SOME_FAILED
+from ..video.sampling import SAMPLING_MODES, SampledVideo, find_videos, sample_video
+from .failures import FAILURES_NAME, Failure, FailureLog
 from .workers import IsolatedPool, TaskFailure, run_inline
 
 if TYPE_CHECKING:  # torch is only needed once an encoder exists
-    from .base import FrameEncoder
+    from ..base import FrameEncoder
 
 log = logging.getLogger(__name__)
 
-FAILURES_NAME = "failures.csv"
-EXIT_SOME_FAILED = 3  # documented exit status of `vstore build` when some videos failed
 
 
 @dataclass
@@ -57,13 +54,6 @@ class BuildConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.video_timeout <= 0:
             raise ValueError(f"video_timeout must be > 0, got {self.video_timeout}")
-
-
-@dataclass
-class Failure:
-    id: str
-    path: str
-    reason: str
 
 
 @dataclass
@@ -103,46 +93,6 @@ def decode_task(task: DecodeTask) -> SampledVideo:
     """Runs in a worker process: sample one video at the encoder's input size."""
     return sample_video(task.path, task.frames, mode=task.sampling, size=task.size,
                         video_id=task.video_id, threads=task.threads)
-
-
-class FailureLog:
-    """``STORE/failures.csv`` (id, path, reason): appended as failures happen, so a crash keeps
-    them; rewritten at the end with this run's failures plus older ones still unresolved."""
-
-    def __init__(self, store_path: Path):
-        self.path = Path(store_path) / FAILURES_NAME
-        self.old: dict[str, Failure] = {}
-        if self.path.is_file():
-            with open(self.path, newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    if row.get("id"):
-                        self.old[row["id"]] = Failure(row["id"], row.get("path", ""), row.get("reason", ""))
-        self.new: dict[str, Failure] = {}
-
-    def add(self, failure: Failure) -> None:
-        self.new[failure.id] = failure
-        fresh = not self.path.exists()
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            if fresh:
-                w.writerow(["id", "path", "reason"])
-            w.writerow([failure.id, failure.path, failure.reason])
-
-    def finish(self, attempted: set[str], committed: set[str]) -> None:
-        # Older failures stay listed while still unresolved: not retried now, not in the
-        # store, and the file is still there.
-        keep = {k: v for k, v in self.old.items()
-                if k not in attempted and k not in committed and Path(v.path).exists()}
-        keep.update(self.new)
-        if not keep:
-            self.path.unlink(missing_ok=True)
-            return
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["id", "path", "reason"])
-        for f in keep.values():
-            w.writerow([f.id, f.path, f.reason])
-        atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))
 
 
 @dataclass

@@ -28,8 +28,8 @@ from vstore.errors import VStoreError
 from vstore.fsutil import atomic_write_bytes
 from vstore.labels import ID_COLUMNS, LABEL_COLUMNS, id_from_link, is_youtube_id
 
-from .build import EXIT_SOME_FAILED
-from .sampling import VIDEO_EXTENSIONS
+from ..errors import EXIT_SOME_FAILED
+from ..video.sampling import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

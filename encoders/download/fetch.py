@@ -1,6 +1,6 @@
 """``vstore download``: fetch a dataset's videos with yt-dlp (as a library), restartably.
 
-Each id of the table (``download_log.read_video_table``) becomes ``OUT/<id>.<ext>``, named
+Each id of the table (``ledger.read_video_table``) becomes ``OUT/<id>.<ext>``, named
 from the validated id only. yt-dlp writes ``<file>.part`` and renames it when the byte count
 matches; the file is then demuxed end to end (``probe_download``) before its row goes into
 ``OUT/downloaded.csv``, the archive a rerun consults: finished ids cost no request, a
@@ -33,10 +33,22 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from vstore.errors import StoreLockedError, VStoreError
 from vstore.fsutil import WriteLock
 
-from .download_log import (  # noqa: F401 - DOWNLOADED_NAME ... VideoTableError: re-exported API
-    DOWNLOADED_NAME, FAILURES_NAME, PERMANENT, RETRYABLE, BadDownload, CategoryCounts,
-    DownloadedLog, DownloadedRow, DownloadFailure, DownloadFailures, DownloadSummary, VideoTable,
-    VideoTableError, category_of, finished_files, plan_run, probe_download, read_video_table, remove_partials,
+from .ledger import (
+    PERMANENT,
+    RETRYABLE,
+    BadDownload,
+    DownloadedLog,
+    DownloadedRow,
+    DownloadFailure,
+    DownloadFailures,
+    DownloadSummary,
+    VideoTable,
+    category_of,
+    finished_files,
+    plan_run,
+    probe_download,
+    read_video_table,
+    remove_partials,
 )
 
 log = logging.getLogger(__name__)

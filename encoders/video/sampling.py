@@ -25,7 +25,7 @@ import numpy as np
 
 from vstore.records import key_frame_index
 
-from .errors import VideoError
+from ..errors import VideoError
 from .geometry import center_crop_offsets, resized_size
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,4 @@
+"""Videos as pixels: exact and keyframe frame sampling with PyAV (``sampling``), resize/crop
+geometry shared with the encoders (``geometry``), contact sheets of search hits (``sheet``) and
+synthetic test videos (``synthetic``). Nothing here imports torch: it runs in decode workers.
+"""
