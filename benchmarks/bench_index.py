@@ -38,7 +38,8 @@ import faiss
 import numpy as np
 
 import vstore.index_build  # noqa: F401,E402  (loaded now: later edits of the tree cannot mix versions)
-from vstore.index import IndexConfig, factory_for, new_index, prepare, prepare_for_add, train, train_rows_for
+from vstore.index import IndexConfig, factory_for, new_index, prepare_for_add, train, train_rows_for
+from vstore.index_faiss import prepare
 from vstore.search import index_search
 
 TOPICS, CLUSTERS, SUBSPACES, RANK = 100, 10_000, 32, 32
@@ -181,7 +182,7 @@ def sweep(index: faiss.Index, factory: str, q: np.ndarray, truth: np.ndarray, k:
 def store_level(x: np.ndarray, extra: np.ndarray, frames_per_video: int = 100) -> dict[str, Any]:
     """`vstore index` on a real store: initial build, append 10% videos, then --rebuild."""
     from vstore import StoreConfig, StoreWriter, VideoEntry
-    from vstore.index import build_index
+    from vstore.index_build import build_index
 
     path = common.out_dir("index") / "store"
     shutil.rmtree(path, ignore_errors=True)

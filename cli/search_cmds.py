@@ -9,7 +9,9 @@ import click
 
 from vstore import Store
 from vstore.errors import IndexDamagedError, QueryError
-from vstore.index import METRICS, IndexConfig, build_index, load_index, read_meta
+from vstore.index import METRICS, IndexConfig, read_meta
+from vstore.index_build import build_index
+from vstore.index_load import load_index
 from vstore.search import LEVELS, Hit, query_from_frame, query_from_npy, query_from_video, search
 from vstore.split import SPLIT_NAMES
 
@@ -141,7 +143,7 @@ def search_cmd(store, video_id, frame, image, text, vector, k, label, split, exc
             q = query_from_npy(s, vector)
             if q.ndim == 2 and len(q) != 1:
                 raise QueryError(f"{vector} holds {len(q)} vectors; the CLI searches one "
-                                 "(use Store.search for batches)")
+                                 "(use vstore.search.search for batches)")
             q = q.reshape(-1)
             what = f"vector {vector}"
         elif image is not None:

@@ -18,7 +18,9 @@ from cli.main import main
 from vstore import Store, StoreConfig, StoreLockedError, StoreWriter, VideoEntry, compact, verify
 from vstore.errors import IndexBuildError, IndexDamagedError, IndexNotFoundError, StaleIndexError
 from vstore.fsutil import WriteLock
-from vstore.index import INDEX_DIR, IndexConfig, build_index, factory_for, index_dir, read_meta
+from vstore.index import INDEX_DIR, IndexConfig, factory_for, index_dir, read_meta
+from vstore.index_build import build_index
+from vstore.index_load import invalidate_cache, load_index
 from vstore.manifest import read_manifest
 from vstore.search import query_from_frame, search
 
@@ -200,7 +202,6 @@ def test_incremental_add_after_a_build(store_copy, class_videos, tmp_path):
     with Store.open(store_copy) as s:
         rebuilt = search(s, q, 8)
         means = s.video_means(normalize=True)
-        from vstore.index import load_index
         loaded, _ = load_index(s)
         np.testing.assert_allclose(loaded.videos.reconstruct_n(0, s.n_videos), means, atol=1e-6)
     assert [(h.row, h.video_id) for h in appended] == [(h.row, h.video_id) for h in rebuilt]
@@ -289,8 +290,7 @@ def test_damaged_index_is_reported_and_refresh_repairs_it(store_copy, runner, da
         f.unlink()
     else:
         (index_dir(store_copy) / "index.json").write_text("{not json")
-    from vstore.index import drop_cache
-    drop_cache()
+    invalidate_cache()
     vid = "blue_stripes-02"
     r = runner.invoke(main, ["search", str(store_copy), "--video", vid])
     assert r.exit_code == 1
@@ -340,8 +340,7 @@ def test_kill_9_during_index_keeps_the_old_index(store_copy, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert read_meta(store_copy) == old
     assert len(list(index_dir(store_copy).glob("*.faiss"))) == 4  # the new files are orphans
-    from vstore.index import drop_cache
-    drop_cache()
+    invalidate_cache()
     with Store.open(store_copy) as s:
         v = s.videos.ids[5]
         assert search(s, s.get_embeddings(v, dtype=np.float32)[1], 1)[0].video_id == v

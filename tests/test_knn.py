@@ -11,7 +11,8 @@ from classifiers.zeroshot import label_prompts, zero_shot_predict
 from encoders.errors import TextUnsupportedError
 from vstore import Store, VStoreError
 from vstore.errors import QueryError
-from vstore.index import IndexConfig, build_index
+from vstore.index import IndexConfig
+from vstore.index_build import build_index
 from vstore.split import SplitConfig, make_split
 
 

@@ -13,7 +13,8 @@ from cli.main import main
 from encoders.errors import TextUnsupportedError
 from vstore import Store, UnknownVideoError
 from vstore.errors import QueryError
-from vstore.index import IndexConfig, build_index
+from vstore.index import IndexConfig
+from vstore.index_build import build_index
 from vstore.search import Hit, query_from_frame, query_from_npy, query_from_video, search
 from vstore.split import SplitConfig, make_split, save_split
 
@@ -45,7 +46,7 @@ def test_stored_frame_query_finds_itself(store_copy):
     with Store.open(store_copy) as s:
         vid = s.videos.ids[7]
         fi, ts = s.get_frames(vid)
-        hits = s.search(query_from_frame(s, vid, int(fi[5])), 4)  # the Store method delegates
+        hits = search(s, query_from_frame(s, vid, int(fi[5])), 4)
         assert isinstance(hits[0], Hit) and len(hits) == 4 and [h.rank for h in hits] == [1, 2, 3, 4]
         top = hits[0]
         assert (top.video_id, top.frame_index, top.timestamp) == (vid, fi[5], ts[5])

@@ -10,7 +10,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .index import prepare
+from .index_build import iter_rows
+from .index_faiss import prepare
 from .store import Store
 
 # At most this many allowed frames are read video by video; more are streamed block by block.
@@ -61,7 +62,6 @@ def _allowed_blocks(store: Store, allowed_v: Optional[np.ndarray], block_rows: i
     """(global rows (R,), embeddings (R, D) float32, video rows (R,)) of the allowed frames."""
     table = store.videos
     if allowed_v is None or int(table.n_frames[allowed_v].sum()) > GATHER_MAX_ROWS:
-        from .index_build import iter_rows
         mask = None if allowed_v is None else np.repeat(allowed_v, table.n_frames)
         for start, emb, vrows in iter_rows(store, 0, block_rows):
             rows = np.arange(start, start + len(emb))

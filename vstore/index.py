@@ -12,9 +12,16 @@ then ``index.json`` is replaced atomically and only then are the files it no lon
 deleted. A crash (kill -9 included) at any moment leaves the previous index usable.
 
 An index covers a prefix of the store: its first ``videos`` videos / ``frames`` frame rows,
-identified by a fingerprint over their (id, n_frames) sequence. ``compact`` keeps rows (same
-fingerprint, nothing to redo); a build appends rows (only the new ones are added);
-``verify --repair`` drops rows (fingerprint differs: rebuilt).
+identified by a fingerprint over their (id, n_frames) sequence and by the content of the
+vectors themselves: per segment, the sum of the segment's own chunk checksums over the
+covered rows (``content_digests``). ``compact`` keeps rows (same fingerprint, same sums over
+the rows, nothing to redo); a build appends rows (only the new ones are added);
+``verify --repair`` drops rows, and a rebuild of the same ids from other content changes the
+sums: either way the index is rebuilt, and search refuses it until then.
+
+This module is the metadata side (settings, index.json, freshness, checked file access);
+``index_faiss`` holds the FAISS helpers it uses, ``index_build`` writes an index and
+``index_load`` loads one for search.
 """
 from __future__ import annotations
 
@@ -22,6 +29,9 @@ import hashlib
 import json
 import logging
 import math
+import os
+import re
+import stat
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,6 +41,9 @@ import faiss
 import numpy as np
 
 from .errors import IndexBuildError, IndexDamagedError, StaleIndexError
+from .index_faiss import FaissFileError, faiss_message, faiss_metric, ivf_of, read_faiss_file
+from .manifest import SegmentEntry
+from .segment import SegmentReader, chunk_checksums, file_sha256
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -38,7 +51,7 @@ log = logging.getLogger(__name__)
 INDEX_DIR = "index"
 META_NAME = "index.json"
 FORMAT = "vstore-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: content digests of the covered rows
 KINDS = ("auto", "flat", "ivf", "hnsw")
 METRICS = ("cosine", "ip", "l2")
 
@@ -104,7 +117,7 @@ class IndexConfig:
 
     @property
     def faiss_metric(self) -> int:
-        return faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        return faiss_metric(self.metric)
 
     @property
     def higher_is_better(self) -> bool:
@@ -154,8 +167,8 @@ def new_index(config: IndexConfig, factory: str, d: int) -> faiss.Index:
     try:
         index = faiss.index_factory(d, factory, config.faiss_metric)
     except RuntimeError as e:
-        raise IndexBuildError(f"FAISS cannot make index {factory!r} for {d}-d vectors: {_faiss_message(e)}") from None
-    ivf = _ivf_of(index)
+        raise IndexBuildError(f"FAISS cannot make index {factory!r} for {d}-d vectors: {faiss_message(e)}") from None
+    ivf = ivf_of(index)
     if ivf is not None:
         ivf.cp.niter = config.train_iters
         ivf.cp.seed = config.seed
@@ -170,7 +183,7 @@ def new_index(config: IndexConfig, factory: str, d: int) -> faiss.Index:
 def prepare_for_add(index: faiss.Index, config: IndexConfig) -> None:
     """An HNSW coarse quantizer assigns new vectors with beam ``ef_search`` (FAISS's default of
     16 misfiles enough vectors to cap IVF recall near 0.99 whatever nprobe)."""
-    ivf = _ivf_of(index)
+    ivf = ivf_of(index)
     if ivf is not None:
         quantizer = faiss.downcast_index(ivf.quantizer)
         if isinstance(quantizer, faiss.IndexHNSW):
@@ -181,46 +194,26 @@ def train_rows_for(index: faiss.Index, config: IndexConfig, n: int) -> int:
     """How many sampled vectors ``index`` trains on (0 when it needs no training)."""
     if index.is_trained:
         return 0
-    ivf = _ivf_of(index)
+    ivf = ivf_of(index)
     want = max(config.min_train_rows, ivf.nlist * config.train_per_list if ivf is not None else 0)
     return min(n, want)
-
-
-def prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    """(N, D) float32 C-contiguous copy, L2-normalised for cosine."""
-    x = np.array(x, dtype=np.float32, order="C", copy=True)
-    if metric == "cosine":
-        faiss.normalize_L2(x)
-    return x
 
 
 def train(index: faiss.Index, sample: np.ndarray, gpu: bool = False) -> None:
     """Train ``index`` on ``sample`` (already prepared); FAISS errors become ``IndexBuildError``.
 
     ``gpu``: IVF k-means assignments on the GPU(s) when present (the index stays a CPU index)."""
-    ivf = _ivf_of(index)
+    ivf = ivf_of(index)
     if gpu and ivf is not None and faiss.get_num_gpus() > 0:  # pragma: no cover - needs a GPU
         try:
             flat = faiss.IndexFlatL2(ivf.d) if ivf.metric_type == faiss.METRIC_L2 else faiss.IndexFlatIP(ivf.d)
             ivf.clustering_index = faiss.index_cpu_to_all_gpus(flat)
         except (RuntimeError, AttributeError) as e:
-            log.info("training on CPU: %s", _faiss_message(e))
+            log.info("training on CPU: %s", faiss_message(e))
     try:
         index.train(sample)
     except RuntimeError as e:
-        raise IndexBuildError(f"training the index on {len(sample)} vectors failed: {_faiss_message(e)}") from None
-
-
-def _faiss_message(e: Exception) -> str:
-    msg = str(e).strip().splitlines()
-    return (msg[-1] if msg else type(e).__name__)[:300]
-
-
-def _ivf_of(index: faiss.Index) -> Optional[faiss.IndexIVF]:
-    try:
-        return faiss.extract_index_ivf(index)
-    except (RuntimeError, AttributeError):
-        return None
+        raise IndexBuildError(f"training the index on {len(sample)} vectors failed: {faiss_message(e)}") from None
 
 
 # -- metadata ---------------------------------------------------------------------------------
@@ -249,6 +242,9 @@ class IndexMeta:
     trained_rows: int = 0  # frame rows when the frame index was (re)built
     build_seconds: float = 0.0
     updated: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    # [end row, digest] per store segment over the covered rows (content_digests); empty in
+    # index.json files of format version 1, which are therefore rebuilt.
+    content: list = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -256,11 +252,48 @@ class IndexMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IndexMeta":
-        if d.get("format") != FORMAT or int(d.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} file")
+        """Parse index.json, checking every field's type and range (``ValueError`` otherwise)."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT or _int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"not a {FORMAT} file of format version <= {FORMAT_VERSION}")
         d = {k: v for k, v in d.items() if k not in ("format", "format_version")}
-        return cls(config=IndexConfig.from_dict(d.pop("config")), frame_part=IndexPart(**d.pop("frame_part")),
-                   video_part=IndexPart(**d.pop("video_part")), **d)
+        if not isinstance(d.get("config"), dict):
+            raise ValueError("config is not an object")
+        parts = {}
+        for name in ("frame_part", "video_part"):
+            p = d.pop(name, None)
+            if not isinstance(p, dict):
+                raise ValueError(f"{name} is not an object")
+            parts[name] = IndexPart(file=_str(p.get("file")), bytes=_int(p.get("bytes")), sha256=_str(p.get("sha256")),
+                                    rows=_int(p.get("rows")), factory=_str(p.get("factory")))
+            if not re.fullmatch(r"[0-9a-f]{64}", parts[name].sha256):
+                raise ValueError(f"{name}.sha256 is not a SHA-256")
+        content = d.pop("content", [])
+        if not isinstance(content, list) or not all(
+                isinstance(c, list) and len(c) == 2 and isinstance(c[1], str) for c in content):
+            raise ValueError("content is not a list of [end row, digest]")
+        meta = cls(config=IndexConfig.from_dict(d.pop("config")), generation=_int(d.pop("generation")),
+                   dim=_int(d.pop("dim")), encoder_id=d.pop("encoder_id", None), videos=_int(d.pop("videos")),
+                   frames=_int(d.pop("frames")), fingerprint=_str(d.pop("fingerprint")),
+                   trained_rows=_int(d.pop("trained_rows", 0)), content=[[_int(e), h] for e, h in content], **parts,
+                   **{k: v for k, v in d.items() if k in ("build_seconds", "updated")})
+        if meta.encoder_id is not None and not isinstance(meta.encoder_id, str):
+            raise ValueError("encoder_id is not a string")
+        if meta.dim < 1 or meta.frame_part.rows != meta.frames or meta.video_part.rows != meta.videos:
+            raise ValueError(f"dim {meta.dim}, frames {meta.frames} / videos {meta.videos} disagree with the parts' "
+                             f"rows {meta.frame_part.rows} / {meta.video_part.rows}")
+        return meta
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"expected a non-negative integer, got {v!r}")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {v!r}")
+    return v
 
 
 def index_dir(store_path: str | Path) -> Path:
@@ -278,14 +311,59 @@ def read_meta(store_path: str | Path) -> Optional[IndexMeta]:
     if not path.is_file():
         return None
     try:
+        if path.stat().st_size > _META_MAX_BYTES:
+            raise ValueError(f"{path.stat().st_size} bytes, more than an index.json holds")
         return IndexMeta.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise damaged(store_path, str(path), f"{type(e).__name__}: {e}") from None
 
 
+_META_MAX_BYTES = 64 << 20  # index.json holds one short entry per segment
+# A FAISS file name as _write_part makes it: no separator, no leading dot.
+_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.faiss")
+
+
+def max_part_bytes(meta: IndexMeta, rows: int) -> int:
+    """A generous bound on a FAISS file of ``rows`` vectors: full vectors, an id each, HNSW links
+    and IVF centroids (one per vector at most) would all fit."""
+    return (1 << 20) + rows * (8 * meta.dim + 64 + 16 * meta.config.hnsw_m)
+
+
+def check_part(store_path: str | Path, meta: IndexMeta, part: IndexPart) -> Path:
+    """The path of one FAISS file once its name, type, size and SHA-256 agree with index.json:
+    a plain file name, a regular file (not a link or device) inside STORE/index/."""
+    directory = index_dir(store_path)
+    if not _PART_NAME.fullmatch(part.file):
+        raise damaged(store_path, str(directory / META_NAME), f"{part.file!r} is not a file name inside {directory}")
+    path = directory / part.file
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise damaged(store_path, str(path), "file is missing") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise damaged(store_path, str(path), "not a regular file")
+    if st.st_size != part.bytes:
+        raise damaged(store_path, str(path), f"{st.st_size} bytes, index.json says {part.bytes}")
+    if st.st_size > max_part_bytes(meta, part.rows):
+        raise damaged(store_path, str(path), f"{st.st_size} bytes is too large for {part.rows} vectors")
+    if file_sha256(path) != part.sha256:
+        raise damaged(store_path, str(path), "SHA-256 differs from index.json")
+    return path
+
+
+def read_part(store_path: str | Path, meta: IndexMeta, part: IndexPart) -> faiss.Index:
+    """Read one FAISS file, every field checked before and after FAISS reads it."""
+    path = check_part(store_path, meta, part)
+    try:
+        return read_faiss_file(path, part.bytes, meta.dim, part.rows, meta.config.metric)
+    except FaissFileError as e:
+        raise damaged(store_path, str(path), str(e)) from None
+
+
+# -- freshness --------------------------------------------------------------------------------
 def prefix_fingerprint(store: Store, n_videos: int) -> str:
     """sha256 over the (id, n_frames) sequence of the store's first ``n_videos`` videos, plus
-    dimension and encoder: equal fingerprints mean equal frame rows 0..frames-1."""
+    dimension and encoder: equal fingerprints mean the same videos own frame rows 0..frames-1."""
     table = store.videos
     h = hashlib.sha256()
     h.update(f"{store.dim}|{(store.encoder or {}).get('id')}|{n_videos}|".encode())
@@ -294,13 +372,75 @@ def prefix_fingerprint(store: Store, n_videos: int) -> str:
     return h.hexdigest()
 
 
+def content_digests(store: Store, n_frames: int) -> list[list]:
+    """[end row, digest] per store segment over frame rows 0..n_frames-1: what the vectors are.
+
+    The digest is the wrapping sum of the segment's chunk checksums (``segment.chunk_checksums``,
+    held in memory by every open segment), so it costs no read except the one chunk that
+    straddles ``n_frames``. Those sums add up row by row, which is what lets a compacted store
+    (the same rows in other segments) match: see ``same_content``."""
+    out: list[list] = []
+    base = 0
+    for seg, entry in zip(store.segments, store.manifest.segments):
+        if base >= n_frames:
+            break
+        end = min(base + seg.n_frames, n_frames)
+        out.append([end, _segment_digest(seg, entry, end - base)])
+        base += seg.n_frames
+    return out
+
+
+def _segment_digest(seg: SegmentReader, entry: SegmentEntry, m: int) -> str:
+    """Digest of rows 0..m-1 of one segment."""
+    dtype = seg.embedding.dtype
+    if seg.checksums is not None and (seg.dim * dtype.itemsize) % 8 == 0:
+        C = seg.chunk_rows
+        full = len(seg.checksums) if m == seg.n_frames else m // C
+        total = int(seg.checksums[:full].sum(dtype=np.uint64))  # wraps modulo 2**64, like the checksums
+        if full * C < m:
+            rows = seg.read_embeddings(full * C, m)
+            total = (total + int(chunk_checksums(rows, len(rows))[0])) % (1 << 64)
+        return f"sum:{dtype.str}:{total:016x}"
+    # No per-row additive checksum: the file's own SHA-256 (a compaction then forces a rebuild).
+    if m == seg.n_frames:
+        return f"sha256:{entry.sha256}"
+    return "sha256-rows:" + hashlib.sha256(seg.read_embeddings(0, m).tobytes()).hexdigest()
+
+
+def same_content(recorded: list, current: list) -> bool:
+    """Whether two ``content_digests`` lists describe the same rows.
+
+    Segment boundaries may differ (compaction merges and splits segments): the sums are then
+    compared between the row boundaries both lists share."""
+    recorded, current = [list(c) for c in recorded], [list(c) for c in current]
+    if not recorded or not current or recorded[-1][0] != current[-1][0]:
+        return False
+    if not all(d.startswith("sum:") for _, d in recorded + current):
+        return recorded == current
+    common = {e for e, _ in recorded} & {e for e, _ in current}
+
+    def sums(ranges: list) -> list[tuple[int, str, int]]:
+        out, acc, dtypes = [], 0, set()
+        for end, d in ranges:
+            _, dtype, total = d.split(":")
+            acc, dtypes = (acc + int(total, 16)) % (1 << 64), dtypes | {dtype}
+            if end in common:
+                out.append((end, ",".join(sorted(dtypes)), acc))
+                acc, dtypes = 0, set()
+        return out
+    try:
+        return sums(recorded) == sums(current)
+    except ValueError:  # a digest that is not "sum:<dtype>:<hex>"
+        return False
+
+
 @dataclass
 class IndexStatus:
     """How an index relates to a store snapshot.
 
     state: missing | fresh (same generation) | compatible (other generation, same rows: e.g.
     after compact) | append (rows added since) | rebuild (rows changed: verify --repair, other
-    encoder) | newer (the index covers a later commit than this snapshot).
+    encoder, other content) | newer (the index covers a later commit than this snapshot).
     """
 
     state: str
@@ -314,18 +454,26 @@ class IndexStatus:
 
 
 def index_status(store: Store, meta: Optional[IndexMeta]) -> IndexStatus:
+    """Compare ``meta`` with the store: the same generation is not enough, the covered rows
+    must hold the same videos (prefix_fingerprint) and the same vectors (content_digests)."""
     if meta is None:
         return IndexStatus("missing", "no index yet")
-    if meta.generation == store.generation:
-        return IndexStatus("fresh")
     if meta.generation > store.generation:
         return IndexStatus("newer", f"the index covers generation {meta.generation}, newer than this snapshot "
                                     f"(generation {store.generation}); reopen the store")
     if meta.dim != store.dim or meta.encoder_id != (store.encoder or {}).get("id"):
         return IndexStatus("rebuild", "the store now holds vectors of another encoder")
-    if store.n_videos < meta.videos or prefix_fingerprint(store, meta.videos) != meta.fingerprint:
+    if (store.n_videos < meta.videos or store.n_frames < meta.frames
+            or prefix_fingerprint(store, meta.videos) != meta.fingerprint):
         return IndexStatus("rebuild", "frame rows changed (e.g. `vstore verify --repair` dropped a segment)")
-    if store.n_videos == meta.videos:
+    if not meta.content:
+        return IndexStatus("rebuild", "the index predates content checks")
+    if not same_content(meta.content, content_digests(store, meta.frames)):
+        return IndexStatus("rebuild", "the stored vectors differ from the indexed ones (e.g. videos rebuilt "
+                                      "from other content)")
+    if store.n_videos == meta.videos and store.n_frames == meta.frames:
+        if meta.generation == store.generation:
+            return IndexStatus("fresh")
         return IndexStatus("compatible", "same rows (e.g. after `vstore compact`)")
     return IndexStatus("append", f"{store.n_videos - meta.videos} video(s) added",
                        new_frames=store.n_frames - meta.frames, new_videos=store.n_videos - meta.videos)
@@ -336,24 +484,14 @@ def stale_error(store: Store, meta: IndexMeta, status: IndexStatus) -> StaleInde
             if status.state == "append" else status.reason)
     if status.state == "newer":
         return StaleIndexError(f"{store.path}: {status.reason}")
+    if meta.generation == store.generation:
+        return StaleIndexError(f"the index of {store.path} does not match the store ({what}); rerun with "
+                               f"--refresh to rebuild it first (or run `vstore index {store.path}`)")
     return StaleIndexError(
         f"the index of {store.path} covers generation {meta.generation} but the store is at generation "
         f"{store.generation} ({what}); rerun with --refresh to update it first (or run `vstore index {store.path}`)")
 
 
-def __getattr__(name: str):
-    """The write side (``vstore.index_build``) and the read side (``vstore.index_load``) are
-    reachable from here too: ``from vstore.index import build_index, load_index``."""
-    if name in ("build_index", "IndexReport", "iter_rows"):
-        from . import index_build
-        return getattr(index_build, name)
-    if name in ("load_index", "LoadedIndex", "drop_cache", "check_part"):
-        from . import index_load
-        return getattr(index_load, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["IndexConfig", "IndexMeta", "IndexPart", "IndexReport", "IndexStatus", "LoadedIndex", "build_index",
-           "load_index", "read_meta", "index_status", "factory_for", "auto_nlist", "new_index", "train", "prepare",
-           "prepare_for_add",
-           "iter_rows", "prefix_fingerprint", "drop_cache", "INDEX_DIR", "KINDS", "METRICS"]
+__all__ = ["IndexConfig", "IndexMeta", "IndexPart", "IndexStatus", "read_meta", "index_status", "index_dir",
+           "check_part", "read_part", "content_digests", "same_content", "factory_for", "auto_nlist", "new_index",
+           "train", "prepare_for_add", "train_rows_for", "prefix_fingerprint", "INDEX_DIR", "KINDS", "METRICS"]

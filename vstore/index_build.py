@@ -1,5 +1,9 @@
 """Building and updating a store's FAISS indexes (the write side of ``vstore.index``).
 
+Below ``index_load`` (which calls ``build_index`` for ``refresh``) and above ``index`` and
+``index_faiss``; it neither loads for search nor touches the search cache (a loaded index is
+keyed by its files' SHA-256, so a rebuilt one is never served from the cache).
+
 Rows are streamed from the store in chunk-aligned blocks, so memory holds one block plus the
 index itself (IVF k-means trains on a sample). FAISS ids are global frame rows and store
 video rows, added in order: an append adds exactly rows ``frames..n_frames-1``.
@@ -25,18 +29,20 @@ from .index import (
     IndexConfig,
     IndexMeta,
     IndexPart,
+    check_part,
+    content_digests,
     factory_for,
     index_dir,
     index_status,
     new_index,
     prefix_fingerprint,
-    prepare,
     prepare_for_add,
     read_meta,
+    read_part,
     train,
     train_rows_for,
 )
-from .index_load import _CACHE, _read_part, check_part
+from .index_faiss import prepare
 from .manifest import read_manifest
 from .segment import file_sha256
 from .store import LOCK_NAME, Store
@@ -266,26 +272,27 @@ def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *,
             if plan == "append":
                 assert meta is not None
                 try:
-                    frames, videos = _read_part(store_path, meta.frame_part), _read_part(store_path, meta.video_part)
+                    frames = read_part(store_path, meta, meta.frame_part)
+                    videos = read_part(store_path, meta, meta.video_part)
                 except IndexDamagedError as e:
                     log.warning("%s; rebuilding it", e)
                     plan, reason = "build", str(e)
             if plan in ("none", "meta"):
                 assert meta is not None
                 try:  # `vstore index` also repairs an index whose files were damaged
-                    check_part(store_path, meta.frame_part)
-                    check_part(store_path, meta.video_part)
+                    check_part(store_path, meta, meta.frame_part)
+                    check_part(store_path, meta, meta.video_part)
                 except IndexDamagedError as e:
                     log.warning("%s; rebuilding it", e)
                     plan, reason = "build", str(e)
             if plan in ("none", "meta"):
                 assert meta is not None
-                meta = replace(meta, generation=store.generation, config=config)
+                meta = replace(meta, generation=store.generation, config=config,
+                               content=content_digests(store, store.n_frames))
                 if plan == "meta":
                     _commit(store, meta)
                 else:
                     _clean(directory, {meta.frame_part.file, meta.video_part.file})
-                _CACHE.pop(store_path.resolve(), None)
                 return _report("relabelled" if plan == "meta" else "unchanged", reason, 0, 0, store, meta, t0)
             d = int(store.dim)
             if plan == "append":
@@ -305,9 +312,9 @@ def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *,
                 videos=store.n_videos, frames=store.n_frames, fingerprint=prefix_fingerprint(store, store.n_videos),
                 frame_part=_write_part(directory, "frames", frames, f_factory),
                 video_part=_write_part(directory, "videos", videos, v_factory),
-                trained_rows=trained, build_seconds=round(time.monotonic() - t0, 3))
+                trained_rows=trained, build_seconds=round(time.monotonic() - t0, 3),
+                content=content_digests(store, store.n_frames))
             _commit(store, new_meta)
-            _CACHE.pop(store_path.resolve(), None)
             return _report("appended" if plan == "append" else "built", reason, added[0], added[1], store,
                            new_meta, t0)
 

@@ -1,8 +1,10 @@
 """Loading a store's FAISS indexes: checked against index.json, kept in memory between searches.
 
-Each FAISS file's size and SHA-256 are checked before ``faiss.read_index`` sees it (FAISS may
-crash or allocate wildly on damaged bytes). The index of the last store loaded stays in
-memory, so repeated searches pay the check and the read once.
+Every field of each FAISS file is checked before and after ``faiss.read_index`` sees it
+(``vstore.index.read_part``: FAISS may crash, hang or allocate wildly on crafted bytes). The
+index of the last store loaded stays in memory, so repeated searches pay the check and the
+read once; ``invalidate_cache`` forgets it. This is the top of the index modules: it may
+build (``load_index(refresh=True)``), nothing below it loads.
 """
 from __future__ import annotations
 
@@ -14,48 +16,12 @@ from typing import Optional
 import faiss
 
 from .errors import IndexDamagedError, IndexNotFoundError, StaleIndexError
-from .index import (
-    META_NAME,
-    IndexConfig,
-    IndexMeta,
-    IndexPart,
-    _faiss_message,
-    damaged,
-    index_dir,
-    index_status,
-    read_meta,
-    stale_error,
-)
-from .segment import file_sha256
+from .index import META_NAME, IndexConfig, IndexMeta, damaged, index_status, read_meta, read_part, stale_error
+from .index_build import build_index
+from .index_faiss import faiss_message
 from .store import Store
 
 log = logging.getLogger(__name__)
-
-
-def check_part(store_path: Path, part: IndexPart) -> Path:
-    """The path of one FAISS file after checking its size and SHA-256 against index.json."""
-    path = index_dir(store_path) / part.file
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise damaged(store_path, str(path), "file is missing") from None
-    if size != part.bytes:
-        raise damaged(store_path, str(path), f"{size} bytes, index.json says {part.bytes}")
-    if file_sha256(path) != part.sha256:
-        raise damaged(store_path, str(path), "SHA-256 differs from index.json")
-    return path
-
-
-def _read_part(store_path: Path, part: IndexPart) -> faiss.Index:
-    """Read one FAISS file, checked first: FAISS may crash or allocate wildly on bad bytes."""
-    path = check_part(store_path, part)
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise damaged(store_path, str(path), _faiss_message(e)) from None
-    if index.ntotal != part.rows:
-        raise damaged(store_path, str(path), f"{index.ntotal} vectors, index.json says {part.rows}")
-    return index
 
 
 @dataclass
@@ -88,12 +54,21 @@ class LoadedIndex:
                 try:
                     self._gpu[which] = faiss.index_cpu_to_all_gpus(cpu)
                 except (RuntimeError, AttributeError) as e:  # pragma: no cover - needs a GPU
-                    log.info("searching on CPU: this index cannot move to GPU (%s)", _faiss_message(e))
+                    log.info("searching on CPU: this index cannot move to GPU (%s)", faiss_message(e))
         return self._gpu[which]
 
 
-# Loaded indexes per Store snapshot: searching twice does not reread (and recheck) the files.
+# Loaded indexes per store path: searching twice does not reread (and recheck) the files.
 _CACHE: dict[Path, tuple[str, LoadedIndex]] = {}
+
+
+def invalidate_cache(store_path: Optional[str | Path] = None) -> None:
+    """Forget the loaded index of ``store_path`` (of every store when None), freeing its memory;
+    the next search reads and checks the files again."""
+    if store_path is None:
+        _CACHE.clear()
+    else:
+        _CACHE.pop(Path(store_path).resolve(), None)
 
 
 def load_index(store: Store, *, refresh: bool = False, progress: bool = False) -> tuple[LoadedIndex, Store]:
@@ -113,8 +88,8 @@ def load_index(store: Store, *, refresh: bool = False, progress: bool = False) -
                 if opened is not None:
                     opened.close()
                 raise
-        from .index_build import build_index
         report = build_index(store.path, progress=progress)
+        invalidate_cache(store.path)
         log.info("index of %s %s (%s)", store.path, report.action, report.reason)
         if opened is not None:
             opened.close()
@@ -139,7 +114,8 @@ def _load_usable(store: Store) -> LoadedIndex:
         return cached[1]
     for attempt in range(3):  # a concurrent `vstore index` may replace the files as we read them
         try:
-            loaded = LoadedIndex(meta, _read_part(store.path, meta.frame_part), _read_part(store.path, meta.video_part))
+            loaded = LoadedIndex(meta, read_part(store.path, meta, meta.frame_part),
+                                 read_part(store.path, meta, meta.video_part))
             break
         except IndexDamagedError:
             newer = read_meta(store.path)
@@ -154,7 +130,3 @@ def _load_usable(store: Store) -> LoadedIndex:
     _CACHE[key] = (f"{meta.frame_part.sha256}:{meta.video_part.sha256}", loaded)
     return loaded
 
-
-def drop_cache() -> None:
-    """Forget loaded indexes (frees their memory)."""
-    _CACHE.clear()

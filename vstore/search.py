@@ -19,10 +19,12 @@ from typing import Iterable, Optional, Sequence, Union
 import faiss
 import numpy as np
 
-from .errors import QueryError
+from .errors import IndexDamagedError, QueryError
 from .exact import TopK, exact_frame_search, score_matrix
-from .index import IndexConfig, prepare
+from .index import IndexConfig, index_status, read_meta
+from .index_faiss import prepare
 from .index_load import LoadedIndex, load_index
+from .split import split_ids
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,6 @@ def allowed_videos(store: Store, label: Union[str, Sequence[str], None] = None, 
                              f"{', '.join(store.label_names) or 'no labels'}")
         mask = np.array([lab in wanted for lab in table.labels], dtype=bool)
     if split is not None:
-        from .split import split_ids
         in_split = set(split_ids(store.path, split, store))
         m = np.array([v in in_split for v in table.ids], dtype=bool)
         mask = m if mask is None else mask & m
@@ -267,8 +268,6 @@ def frame_neighbours(store: Store, queries: np.ndarray, k: int, *, metric: str =
     allowed rows), else exact search streamed from the store. For kNN classification."""
     loaded = None
     if use_index:
-        from .errors import IndexDamagedError
-        from .index import index_status, read_meta
         try:
             meta = read_meta(store.path)
             if meta is not None and meta.config.metric == metric and index_status(store, meta).usable:

@@ -376,16 +376,6 @@ class Store:
                 embs[sel] = emb
         return images, embs
 
-    # -- search ----------------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int = 10, **kwargs) -> list:
-        """The ``k`` nearest stored frames to ``query`` (D,) or (Q, D), from the store's index.
-
-        Same keywords as ``vstore.search.search``: label, split, exclude_videos, per_video,
-        nprobe, ef, refresh, level. Returns a list of ``Hit`` (one list per query for (Q, D)).
-        """
-        from .search import search
-        return search(self, query, k, **kwargs)
-
 
 def _segment_sum(sums: np.ndarray, video_rows: np.ndarray, emb: np.ndarray) -> None:
     """sums[video_rows] += emb for sorted, run-length grouped ``video_rows``."""
