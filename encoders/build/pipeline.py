@@ -23,7 +23,7 @@ from vstore.labels import Labels
 
 from ..errors import EXIT_SOME_FAILED
 from ..video.sampling import SAMPLING_MODES, SampledVideo, find_videos, sample_video
-from .failures import FAILURES_NAME, Failure, FailureLog
+from .failures import Failure, FailureLog
 from .workers import IsolatedPool, TaskFailure, run_inline
 
 if TYPE_CHECKING:  # torch is only needed once an encoder exists

@@ -128,7 +128,7 @@ class IsolatedPool:
             workers = [_Worker(self.ctx, self.fn) for _ in range(self.n_workers)]
             pending = True
             while not self._stop.is_set():
-                for i, w in enumerate(workers):  # hand out work to idle workers
+                for w in workers:  # hand out work to idle workers
                     if w.task is None and pending:
                         try:
                             task = next(tasks)
