@@ -9,7 +9,7 @@ import click
 
 from vstore import Store
 from vstore.errors import IndexDamagedError, QueryError
-from vstore.index import METRICS, IndexConfig, read_meta
+from vstore.index import MAX_BEAM, METRICS, IndexConfig, read_meta
 from vstore.index_build import build_index
 from vstore.index_load import load_index
 from vstore.search import LEVELS, Hit, query_from_frame, query_from_npy, query_from_video, search
@@ -40,10 +40,10 @@ refuses a stale index (or updates it with --refresh). Frame ids stay valid after
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: 4*sqrt(frames)].")
 @click.option("--hnsw-m", type=click.IntRange(min=2), default=None, help="HNSW graph degree [default: 32].")
 @click.option("--ef-construction", type=click.IntRange(min=1), default=None, help="HNSW build beam [default: 40].")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None,
-              help="Default IVF lists probed per search [default: 32].")
-@click.option("--ef", "ef_search", type=click.IntRange(min=1), default=None,
-              help="Default HNSW search beam [default: 128].")
+@click.option("--nprobe", type=int, default=None,
+              help=f"Default IVF lists probed per search, 1..{MAX_BEAM} [default: 32].")
+@click.option("--ef", "ef_search", type=int, default=None,
+              help=f"Default HNSW search beam, 1..{MAX_BEAM} [default: 128].")
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of adding new frames.")
 @click.option("--refresh", is_flag=True,
               help="Bring the index up to date (what a plain run does; rebuilds a damaged one).")
@@ -106,15 +106,18 @@ similarity (or inner product, or squared L2 distance: lower is closer).
 @click.option("--text", default=None, help="Query with a text prompt (CLIP stores).")
 @click.option("--vector", type=click.Path(dir_okay=False), default=None,
               help="Query with a (D,) vector in a .npy file.")
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits to return.")
+@click.option("-k", "k", type=int, default=10, show_default=True,
+              help="Hits to return (>= 1; more than the frames that can match returns them all).")
 @click.option("--label", multiple=True, help="Only videos with this label (repeat for several).")
 @click.option("--split", type=click.Choice(SPLIT_NAMES), default=None, help="Only videos of this stored split.")
 @click.option("--exclude-video", multiple=True, metavar="ID", help="Leave this video out (repeatable).")
 @click.option("--per-video", is_flag=True, help="At most one hit (the best frame) per video.")
 @click.option("--level", type=click.Choice(LEVELS), default="frame", show_default=True,
               help="frame: nearest frames; video: nearest videos by mean embedding.")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists to probe (recall vs speed).")
-@click.option("--ef", type=click.IntRange(min=1), default=None, help="HNSW search beam (recall vs speed).")
+@click.option("--nprobe", type=int, default=None,
+              help=f"IVF lists to probe, 1..{MAX_BEAM} (recall vs speed) [default: the index's].")
+@click.option("--ef", type=int, default=None,
+              help=f"HNSW search beam, 1..{MAX_BEAM} (recall vs speed) [default: the index's].")
 @click.option("--refresh", is_flag=True, help="Update a stale (or missing) index first, then search.")
 @click.option("--sheet", type=click.Path(dir_okay=False), default=None, help="Write a contact sheet PNG of the hits.")
 @click.option("--device", default="auto", show_default=True, help="Device for the image/text encoder.")

@@ -53,6 +53,9 @@ META_NAME = "index.json"
 FORMAT = "vstore-index"
 FORMAT_VERSION = 2  # 2: content digests of the covered rows
 KINDS = ("auto", "flat", "ivf", "hnsw")
+# Upper bound of the search beams (nprobe, ef): FAISS allocates per-query buffers of that size,
+# and no index vstore builds has more lists or needs a wider beam.
+MAX_BEAM = 1 << 20
 METRICS = ("cosine", "ip", "l2")
 
 
@@ -112,6 +115,9 @@ class IndexConfig:
                      "ef_construction", "hnsw_quantizer_min", "nprobe", "ef_search", "block_rows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("nprobe", "ef_search"):
+            if int(getattr(self, name)) > MAX_BEAM:
+                raise ValueError(f"{name} must be <= {MAX_BEAM}, got {getattr(self, name)}")
         if int(self.nlist) < 0:
             raise ValueError(f"nlist must be >= 0 (0 = automatic), got {self.nlist}")
 
@@ -494,4 +500,4 @@ def stale_error(store: Store, meta: IndexMeta, status: IndexStatus) -> StaleInde
 
 __all__ = ["IndexConfig", "IndexMeta", "IndexPart", "IndexStatus", "read_meta", "index_status", "index_dir",
            "check_part", "read_part", "content_digests", "same_content", "factory_for", "auto_nlist", "new_index",
-           "train", "prepare_for_add", "train_rows_for", "prefix_fingerprint", "INDEX_DIR", "KINDS", "METRICS"]
+           "train", "prepare_for_add", "train_rows_for", "prefix_fingerprint", "INDEX_DIR", "KINDS", "MAX_BEAM", "METRICS"]

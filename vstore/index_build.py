@@ -29,7 +29,6 @@ from .index import (
     IndexConfig,
     IndexMeta,
     IndexPart,
-    check_part,
     content_digests,
     factory_for,
     index_dir,
@@ -279,9 +278,9 @@ def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *,
                     plan, reason = "build", str(e)
             if plan in ("none", "meta"):
                 assert meta is not None
-                try:  # `vstore index` also repairs an index whose files were damaged
-                    check_part(store_path, meta, meta.frame_part)
-                    check_part(store_path, meta, meta.video_part)
+                try:  # `vstore index` also repairs an index whose files were damaged or crafted
+                    read_part(store_path, meta, meta.frame_part)
+                    read_part(store_path, meta, meta.video_part)
                 except IndexDamagedError as e:
                     log.warning("%s; rebuilding it", e)
                     plan, reason = "build", str(e)

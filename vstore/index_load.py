@@ -31,6 +31,7 @@ class LoadedIndex:
     meta: IndexMeta
     frames: faiss.Index
     videos: faiss.Index
+    store_path: Path
     _gpu: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -115,7 +116,7 @@ def _load_usable(store: Store) -> LoadedIndex:
     for attempt in range(3):  # a concurrent `vstore index` may replace the files as we read them
         try:
             loaded = LoadedIndex(meta, read_part(store.path, meta, meta.frame_part),
-                                 read_part(store.path, meta, meta.video_part))
+                                 read_part(store.path, meta, meta.video_part), store.path)
             break
         except IndexDamagedError:
             newer = read_meta(store.path)

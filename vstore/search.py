@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import IndexDamagedError, QueryError
 from .exact import TopK, exact_frame_search, score_matrix
-from .index import IndexConfig, index_status, read_meta
+from .index import MAX_BEAM, IndexConfig, damaged, index_status, read_meta
 from .index_faiss import prepare
 from .index_load import LoadedIndex, load_index
 from .split import split_ids
@@ -176,7 +176,11 @@ def index_search(index: faiss.Index, q: np.ndarray, k: int, nprobe: int, ef: int
 
 def _ann(loaded: LoadedIndex, which: str, q: np.ndarray, kk: int, selector: Optional[_Selector],
          nprobe: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS search of the frame or video index (GPU copy when present and unfiltered)."""
+    """FAISS search of the frame or video index (GPU copy when present and unfiltered).
+
+    Every id FAISS returns is checked to be a row the index covers: search never answers
+    with a row the store does not hold."""
+    D = I = None
     if selector is None and kk <= _GPU_MAX_K:
         gpu = loaded.gpu_copy(which)
         if gpu is not None:  # pragma: no cover - needs a GPU
@@ -184,9 +188,15 @@ def _ann(loaded: LoadedIndex, which: str, q: np.ndarray, kk: int, selector: Opti
                 faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
             except (RuntimeError, AttributeError):
                 pass
-            return gpu.search(q, kk)
-    index = loaded.frames if which == "frames" else loaded.videos
-    return index_search(index, q, kk, nprobe, ef, selector.sel if selector else None)
+            D, I = gpu.search(q, kk)
+    if I is None:
+        index = loaded.frames if which == "frames" else loaded.videos
+        D, I = index_search(index, q, kk, nprobe, ef, selector.sel if selector else None)
+    rows = loaded.meta.frames if which == "frames" else loaded.meta.videos
+    if I.size and (int(I.max()) >= rows or int(I.min()) < -1):
+        part = loaded.meta.frame_part if which == "frames" else loaded.meta.video_part
+        raise damaged(loaded.store_path, part.file, f"FAISS returned ids outside 0..{rows - 1}")
+    return D, I
 
 
 def _frame_results(store: Store, loaded: LoadedIndex, q: np.ndarray, k: int, allowed_v: Optional[np.ndarray],
@@ -207,7 +217,7 @@ def _frame_results(store: Store, loaded: LoadedIndex, q: np.ndarray, k: int, all
     selector = None if allowed_v is None else _Selector(np.repeat(allowed_v, table.n_frames))
     out: list = [None] * len(q)
     todo = np.arange(len(q))
-    kk = k if not per_video else min(n_allowed, max(4 * k, k + 32))
+    kk = min(k, n_allowed) if not per_video else min(n_allowed, max(4 * k, k + 32))
     while len(todo):
         try:
             D, I = _ann(loaded, "frames", q[todo], kk, selector, nprobe, ef)
@@ -275,10 +285,28 @@ def frame_neighbours(store: Store, queries: np.ndarray, k: int, *, metric: str =
         except IndexDamagedError as e:
             log.warning("%s; using exact search", e)
     q = prepare(np.atleast_2d(check_query(store, queries)), metric)  # (Q, D)
+    k, nprobe, ef = check_limits(store, k, nprobe, ef)
     if loaded is None:
         return exact_frame_search(store, q, k, metric, allowed_v)
     cfg = loaded.config
     return _frame_results(store, loaded, q, k, allowed_v, False, int(nprobe or cfg.nprobe), int(ef or cfg.ef_search))
+
+
+def check_limits(store: Store, k: int, nprobe: Optional[int], ef: Optional[int]
+                 ) -> tuple[int, Optional[int], Optional[int]]:
+    """(k capped at the store's frame rows, nprobe, ef) after checking their ranges: k >= 1,
+    beams in 1..MAX_BEAM. A k beyond the rows that can match would only size FAISS's result
+    buffers (Q x k): ``search -k 1000000000`` must answer with every row, not allocate 12 GB."""
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise QueryError(f"k must be an integer, got {k!r}") from None
+    if k < 1:
+        raise QueryError(f"k must be >= 1, got {k}")
+    for name, value in (("nprobe", nprobe), ("ef", ef)):
+        if value is not None and not 1 <= int(value) <= MAX_BEAM:
+            raise QueryError(f"{name} must be in 1..{MAX_BEAM}, got {value}")
+    return min(k, max(store.n_frames, 1)), nprobe, ef
 
 
 def search(store: Store, query: np.ndarray, k: int = 10, *, label: Union[str, Sequence[str], None] = None,
@@ -299,11 +327,7 @@ def search(store: Store, query: np.ndarray, k: int = 10, *, label: Union[str, Se
     """
     if level not in LEVELS:
         raise QueryError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-    if int(k) < 1:
-        raise QueryError(f"k must be >= 1, got {k}")
-    for name, value in (("nprobe", nprobe), ("ef", ef)):
-        if value is not None and int(value) < 1:
-            raise QueryError(f"{name} must be >= 1, got {value}")
+    k, nprobe, ef = check_limits(store, k, nprobe, ef)
     if store.n_frames == 0:
         raise QueryError(f"{store.path} holds no frames to search")
     q = check_query(store, query)
@@ -316,10 +340,11 @@ def search(store: Store, query: np.ndarray, k: int = 10, *, label: Union[str, Se
             raise QueryError("a query vector is all zeros; cosine similarity is undefined for it")
         allowed_v = allowed_videos(snapshot, label, split, exclude_videos)
         nprobe, ef = int(nprobe or cfg.nprobe), int(ef or cfg.ef_search)
+        k = min(k, snapshot.n_videos if level == "video" else snapshot.n_frames)  # no more rows can match
         if level == "video":
-            results = _video_results(snapshot, loaded, q, int(k), allowed_v, nprobe, ef)
+            results = _video_results(snapshot, loaded, q, k, allowed_v, nprobe, ef)
         else:
-            results = _frame_results(snapshot, loaded, q, int(k), allowed_v, per_video, nprobe, ef)
+            results = _frame_results(snapshot, loaded, q, k, allowed_v, per_video, nprobe, ef)
         hits = _to_hits(snapshot, results, level)
     finally:
         if snapshot is not store:
