@@ -4,11 +4,13 @@ from __future__ import annotations
 import click
 
 from encoders.build import EXIT_SOME_FAILED, FAILURES_NAME, BuildConfig, build_store
+from encoders.video.sampling import SAMPLING_MODES
 from vstore import StoreConfig
+from vstore.config import EMBEDDING_DTYPES
 from vstore.importer import import_json
 from vstore.labels import load_labels
 
-from .options import encoder_options, labels_option, pass_quiet, store_option
+from .options import default_of, encoder_options, labels_option, pass_quiet, store_option
 
 
 @click.command("build", epilog=f"""\b
@@ -24,20 +26,23 @@ failed (listed in STORE/{FAILURES_NAME}), 1 on an error that stopped the build.
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @store_option
 @labels_option
-@click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--frames", type=click.IntRange(min=1), default=default_of(BuildConfig, "frames"), show_default=True,
               help="Frames sampled per video, evenly spaced: frame floor((i+0.5)*total/N).")
-@click.option("--sampling", type=click.Choice(["exact", "keyframe"]), default="exact", show_default=True,
+@click.option("--sampling", type=click.Choice(SAMPLING_MODES), default=default_of(BuildConfig, "sampling"),
+              show_default=True,
               help="exact: precisely those frames (decodes from the keyframe before each). "
                    "keyframe: the keyframes nearest to them (approximate, much faster).")
 @encoder_options
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=click.IntRange(min=0), default=default_of(BuildConfig, "workers"),
               help="Decode processes running beside the encoder (0 = decode in-process) "
                    "[default: up to 8 with a GPU encoder, a quarter of the CPU cores without].")
-@click.option("--timeout", "video_timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+@click.option("--timeout", "video_timeout", type=click.FloatRange(min=1), default=default_of(BuildConfig, "video_timeout"),
+              show_default=True,
               help="Seconds before a stuck decode is killed and its video marked failed.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+@click.option("--dtype", type=click.Choice(EMBEDDING_DTYPES), default=default_of(StoreConfig, "dtype"), show_default=True,
               help="Embedding storage type of a new store.")
-@click.option("--segment-videos", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--segment-videos", type=click.IntRange(min=1), default=default_of(StoreConfig, "segment_videos"),
+              show_default=True,
               help="Videos per committed segment of a new store (a crash loses at most one).")
 @click.option("--no-compact", is_flag=True,
               help="Keep the small segments of this build (default: merge them at the end for fast reads).")
@@ -78,7 +83,8 @@ Examples:
 @click.option("--encoder", "encoder_spec", default=None, metavar="SPEC",
               help="The encoder that made the vectors (e.g. clip:ViT-B/32), recorded so text "
                    "search works later. Not loaded.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--dtype", type=click.Choice(EMBEDDING_DTYPES), default=default_of(StoreConfig, "dtype"), show_default=True,
+              help="Embedding storage type of a new store.")
 @pass_quiet
 def import_json_cmd(src, store, labels, encoder_spec, dtype, quiet):
     """Import the reference study's embeddings (SRC/<id>.json = list of frame vectors)."""

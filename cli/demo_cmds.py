@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from encoders.registry import DEFAULT_ENCODER
+from .options import ConfigDefault, pass_quiet
 
-from .options import pass_quiet
+DEMO = "classifiers.demo:DemoConfig"  # imported (with torch) only when a default is needed
 
 
 @click.command("demo", epilog="""\b
@@ -16,11 +16,13 @@ Examples:
 """)
 @click.option("--out", type=click.Path(file_okay=False), default="vstore-demo", show_default=True,
               help="Directory for the videos, store, runs, results and contact sheet.")
-@click.option("--encoder", "encoder_spec", default=DEFAULT_ENCODER, show_default=True, metavar="SPEC",
+@click.option("--encoder", "encoder_spec", type=str, default=ConfigDefault(DEMO, "encoder"), show_default=True,
+              metavar="SPEC",
               help="As in `vstore build`; CLIP weights that cannot be had fall back to thumbnail.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--videos-per-class", type=click.IntRange(min=4), default=8, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--device", type=str, default=ConfigDefault(DEMO, "device"), show_default=True)
+@click.option("--videos-per-class", type=click.IntRange(min=4), default=ConfigDefault(DEMO, "videos_per_class"),
+              show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=ConfigDefault(DEMO, "epochs"), show_default=True)
 @pass_quiet
 def demo_cmd(out, encoder_spec, device, videos_per_class, epochs, quiet):
     """Run the whole pipeline on labelled synthetic videos it generates.

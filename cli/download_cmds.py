@@ -4,8 +4,6 @@ from __future__ import annotations
 import click
 
 from encoders.download import (
-    DEFAULT_FORMAT,
-    DEFAULT_URL_TEMPLATE,
     DOWNLOADED_NAME,
     FAILURES_NAME,
     DownloadConfig,
@@ -14,7 +12,7 @@ from encoders.download import (
 )
 from encoders.errors import EXIT_SOME_FAILED
 
-from .options import human_bytes, pass_quiet
+from .options import default_of, human_bytes, pass_quiet
 
 COLUMNS = ("found", "downloaded", "present", "permanent", "retryable", "invalid")
 
@@ -52,26 +50,28 @@ interrupted (rerun to resume).
 @click.argument("table", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory the videos go to (created if missing).")
-@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--jobs", type=click.IntRange(1, 64), default=default_of(DownloadConfig, "jobs"), show_default=True,
               help="Concurrent downloads. YouTube answers bursts with HTTP 429; keep it small.")
 @click.option("--retry-failed", is_flag=True,
               help="Also try again the ids that failed retryably in an earlier run (never permanent ones).")
-@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+@click.option("--retries", type=click.IntRange(min=0), default=default_of(DownloadConfig, "retries"), show_default=True,
               help="Extra attempts of a retryable failure (HTTP 429/5xx, timeout, reset), with "
                    "exponential backoff.")
-@click.option("--url-template", default=DEFAULT_URL_TEMPLATE, show_default=True,
+@click.option("--url-template", default=default_of(DownloadConfig, "url_template"), show_default=True,
               help="URL of a video; {id} is replaced by its (validated) id.")
-@click.option("--format", "fmt", default=DEFAULT_FORMAT, show_default=True,
+@click.option("--format", "fmt", default=default_of(DownloadConfig, "format"), show_default=True,
               help="yt-dlp format selector. The default: mp4 of at most 360p (the reference study's "
                    "choice), else the best single file.")
-@click.option("--cookies", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--cookies", type=click.Path(exists=True, dir_okay=False), default=default_of(DownloadConfig, "cookies"),
               help="Netscape cookies file for yt-dlp, when YouTube asks to confirm you're not a bot. "
                    "It is read, never rewritten.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=default_of(DownloadConfig, "socket_timeout"),
+              show_default=True,
               help="Seconds without data before a connection counts as timed out (retryable).")
-@click.option("--backoff", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--backoff", type=click.FloatRange(min=0), default=default_of(DownloadConfig, "backoff"), show_default=True,
               help="Seconds before the first retry; doubled for each further one.")
-@click.option("--rate-limit-pause", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--rate-limit-pause", type=click.FloatRange(min=0), default=default_of(DownloadConfig, "rate_limit_pause"),
+              show_default=True,
               help="Seconds every download waits after an HTTP 429 (doubled for each further one).")
 @pass_quiet
 def download_cmd(table, out_dir, jobs, retry_failed, retries, url_template, fmt, cookies, timeout, backoff,
@@ -84,7 +84,8 @@ def download_cmd(table, out_dir, jobs, retry_failed, retries, url_template, fmt,
     failures alone unless --retry-failed is given.
     """
     config = DownloadConfig(url_template=url_template, format=fmt, jobs=jobs, retries=retries, backoff=backoff,
-                            max_backoff=max(300.0, backoff), rate_limit_pause=rate_limit_pause,
+                            max_backoff=max(default_of(DownloadConfig, "max_backoff"), backoff),
+                            rate_limit_pause=rate_limit_pause,
                             socket_timeout=timeout, cookies=cookies, retry_failed=retry_failed)
     s = download_videos(table, out_dir, config, progress=not quiet)
     for line in summary_table(s):

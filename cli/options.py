@@ -1,12 +1,67 @@
-"""Options shared by several commands, as small decorators."""
+"""Options shared by several commands, as small decorators, and the one way a command gets
+an option's default: from the field of the component's config dataclass (``default_of``), so
+the CLI never restates a default the code already has."""
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable
+import importlib
+from typing import Any, Callable, Union
 
 import click
 
 from encoders.registry import DEFAULT_ENCODER
+
+
+def default_of(config: Union[type, str], name: str) -> Any:
+    """The default of field ``name`` of dataclass ``config`` (a class, or "module:Class" to
+    import it only when the value is needed)."""
+    if isinstance(config, str):
+        module, _, cls = config.partition(":")
+        config = getattr(importlib.import_module(module), cls)
+    for f in dataclasses.fields(config):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise ValueError(f"{config.__name__}.{name} has no default")
+    raise AttributeError(f"{config.__name__} has no field {name!r}")
+
+
+class ConfigDefault:
+    """A click ``default=`` read from a config dataclass when click needs it (invocation or
+    ``--help``): for configs whose module imports torch, which the CLI loads only on demand.
+    Give the option an explicit ``type=`` (click cannot guess one from this object)."""
+
+    def __init__(self, config: str, name: str):
+        self.config, self.name = config, name
+
+    def __call__(self) -> Any:
+        return default_of(self.config, self.name)
+
+    def __str__(self) -> str:  # what --help shows as [default: ...]
+        return str(self())
+
+    def __repr__(self) -> str:
+        return f"ConfigDefault({self.config!r}, {self.name!r})"
+
+
+class DefaultsInHelp(click.Option):
+    """An option whose help text names config defaults lazily: ``help`` holds ``{name}``
+    fields filled from ``help_defaults={name: ConfigDefault(...)}`` when help is shown."""
+
+    def __init__(self, *args, help_defaults: dict[str, ConfigDefault], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_defaults = help_defaults
+
+    def get_help_record(self, ctx: click.Context):
+        template = self.help
+        self.help = template.format(**{k: v() for k, v in self.help_defaults.items()})
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = template
 
 
 def store_argument(f: Callable) -> Callable:
@@ -20,10 +75,13 @@ def store_option(f: Callable) -> Callable:
 
 def encoder_options(f: Callable) -> Callable:
     """--encoder / --device / --batch-size."""
-    f = click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Frames per encoder forward pass [default: 64 for CLIP, 256 for thumbnail].")(f)
-    f = click.option("--device", default="auto", show_default=True,
-                     help="auto (CUDA when present, fp16 there), cpu, cuda or cuda:N.")(f)
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=DefaultsInHelp,
+                     help="Frames per encoder forward pass [default: {clip} for CLIP, {thumbnail} for thumbnail].",
+                     help_defaults={"clip": ConfigDefault("encoders.clip_encoder:ClipConfig", "batch_size"),
+                                    "thumbnail": ConfigDefault("encoders.thumbnail:ThumbnailConfig",
+                                                               "batch_size")})(f)
+    f = click.option("--device", type=str, default=ConfigDefault("encoders.clip_encoder:ClipConfig", "device"),
+                     show_default=True, help="auto (CUDA when present, fp16 there), cpu, cuda or cuda:N.")(f)
     f = click.option("--encoder", "encoder_spec", default=DEFAULT_ENCODER, show_default=True, metavar="SPEC",
                      help="clip:<model> (any clip.available_models() name), clip:/path/to/checkpoint.pt, "
                           "or thumbnail (weight-free, offline).")(f)

@@ -1,6 +1,7 @@
 """`vstore index` and `vstore search`."""
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import replace
 from typing import Optional
@@ -15,7 +16,10 @@ from vstore.index_load import load_index
 from vstore.search import LEVELS, Hit, query_from_frame, query_from_npy, query_from_video, search
 from vstore.split import SPLIT_NAMES
 
-from .options import json_option, pass_quiet, store_argument
+from .options import ConfigDefault, DefaultsInHelp, default_of, json_option, pass_quiet, store_argument
+
+CLIP = "encoders.clip_encoder:ClipConfig"  # imported (with torch) only for image/text queries
+_SEARCH = inspect.signature(search).parameters  # search's own defaults (k, level)
 
 
 @click.command("index", epilog="""\b
@@ -33,17 +37,20 @@ refuses a stale index (or updates it with --refresh). Frame ids stay valid after
 """)
 @store_argument
 @click.option("--kind", default=None, metavar="KIND",
-              help="auto, flat, ivf, hnsw, or a FAISS index_factory string [default: auto, or the existing "
-                   "index's].")
+              help=f"auto, flat, ivf, hnsw, or a FAISS index_factory string [default: {default_of(IndexConfig, 'kind')}, "
+                   "or the existing index's].")
 @click.option("--metric", type=click.Choice(METRICS), default=None,
-              help="cosine (vectors normalised; the store is untouched), ip (inner product) or l2 [default: cosine].")
+              help="cosine (vectors normalised; the store is untouched), ip (inner product) or l2 "
+                   f"[default: {default_of(IndexConfig, 'metric')}].")
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: 4*sqrt(frames)].")
-@click.option("--hnsw-m", type=click.IntRange(min=2), default=None, help="HNSW graph degree [default: 32].")
-@click.option("--ef-construction", type=click.IntRange(min=1), default=None, help="HNSW build beam [default: 40].")
+@click.option("--hnsw-m", type=click.IntRange(min=2), default=None,
+              help=f"HNSW graph degree [default: {default_of(IndexConfig, 'hnsw_m')}].")
+@click.option("--ef-construction", type=click.IntRange(min=1), default=None,
+              help=f"HNSW build beam [default: {default_of(IndexConfig, 'ef_construction')}].")
 @click.option("--nprobe", type=int, default=None,
-              help=f"Default IVF lists probed per search, 1..{MAX_BEAM} [default: 32].")
+              help=f"Default IVF lists probed per search, 1..{MAX_BEAM} [default: {default_of(IndexConfig, 'nprobe')}].")
 @click.option("--ef", "ef_search", type=int, default=None,
-              help=f"Default HNSW search beam, 1..{MAX_BEAM} [default: 128].")
+              help=f"Default HNSW search beam, 1..{MAX_BEAM} [default: {default_of(IndexConfig, 'ef_search')}].")
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of adding new frames.")
 @click.option("--refresh", is_flag=True,
               help="Bring the index up to date (what a plain run does; rebuilds a damaged one).")
@@ -106,13 +113,13 @@ similarity (or inner product, or squared L2 distance: lower is closer).
 @click.option("--text", default=None, help="Query with a text prompt (CLIP stores).")
 @click.option("--vector", type=click.Path(dir_okay=False), default=None,
               help="Query with a (D,) vector in a .npy file.")
-@click.option("-k", "k", type=int, default=10, show_default=True,
+@click.option("-k", "k", type=int, default=_SEARCH["k"].default, show_default=True,
               help="Hits to return (>= 1; more than the frames that can match returns them all).")
 @click.option("--label", multiple=True, help="Only videos with this label (repeat for several).")
 @click.option("--split", type=click.Choice(SPLIT_NAMES), default=None, help="Only videos of this stored split.")
 @click.option("--exclude-video", multiple=True, metavar="ID", help="Leave this video out (repeatable).")
 @click.option("--per-video", is_flag=True, help="At most one hit (the best frame) per video.")
-@click.option("--level", type=click.Choice(LEVELS), default="frame", show_default=True,
+@click.option("--level", type=click.Choice(LEVELS), default=_SEARCH["level"].default, show_default=True,
               help="frame: nearest frames; video: nearest videos by mean embedding.")
 @click.option("--nprobe", type=int, default=None,
               help=f"IVF lists to probe, 1..{MAX_BEAM} (recall vs speed) [default: the index's].")
@@ -120,7 +127,8 @@ similarity (or inner product, or squared L2 distance: lower is closer).
               help=f"HNSW search beam, 1..{MAX_BEAM} (recall vs speed) [default: the index's].")
 @click.option("--refresh", is_flag=True, help="Update a stale (or missing) index first, then search.")
 @click.option("--sheet", type=click.Path(dir_okay=False), default=None, help="Write a contact sheet PNG of the hits.")
-@click.option("--device", default="auto", show_default=True, help="Device for the image/text encoder.")
+@click.option("--device", default=None, cls=DefaultsInHelp, help_defaults={"device": ConfigDefault(CLIP, "device")},
+              help="Device for the image/text encoder [default: {device}].")
 @json_option
 @pass_quiet
 def search_cmd(store, video_id, frame, image, text, vector, k, label, split, exclude_video, per_video, level, nprobe,
@@ -151,12 +159,12 @@ def search_cmd(store, video_id, frame, image, text, vector, k, label, split, exc
             what = f"vector {vector}"
         elif image is not None:
             from encoders.queries import query_from_image, store_encoder
-            q = query_from_image(s, image, store_encoder(s, device))
+            q = query_from_image(s, image, store_encoder(s, device or default_of(CLIP, "device")))
             what = f"image {image}"
         else:
             from encoders.queries import check_text_support, query_from_text, store_encoder
             check_text_support(s)
-            q = query_from_text(s, text, store_encoder(s, device))
+            q = query_from_text(s, text, store_encoder(s, device or default_of(CLIP, "device")))
             what = f"text {text!r}"
         hits = search(s, q, k, label=list(label) or None, split=split, exclude_videos=exclude_video,
                       per_video=per_video, nprobe=nprobe, ef=ef, level=level)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from classifiers.config import TrainConfig
 from vstore import Store
 from vstore.split import SplitConfig, make_split, save_split
 
-from .options import json_option, pass_quiet, store_argument
+from .options import default_of, json_option, pass_quiet, store_argument
 
 MODELS = ("linear", "transformer", "random-frame", "knn", "zero-shot")
 
@@ -20,11 +21,14 @@ Examples:
   vstore split runs/store --test-size 0.1 --val-size 0.1
 """)
 @store_argument
-@click.option("--test-size", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
-              show_default=True, help="Fraction of each label's videos for testing.")
-@click.option("--val-size", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--test-size", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=default_of(SplitConfig, "test_size"), show_default=True,
+              help="Fraction of each label's videos for testing.")
+@click.option("--val-size", type=click.FloatRange(0, 1, max_open=True), default=default_of(SplitConfig, "val_size"),
+              show_default=True,
               help="Fraction for validation (training curves then use it instead of test).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=default_of(SplitConfig, "seed"), show_default=True,
+              help="Different seeds give independent splits.")
 def split_cmd(store, test_size, val_size, seed):
     """Make a stratified train/val/test split and store it in STORE.
 
@@ -54,29 +58,33 @@ Examples:
                    "knn / zero-shot: baselines without training.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
 @click.option("--mixup", is_flag=True, help="Mixup augmentation (see --alpha).")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.4, show_default=True,
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=default_of(TrainConfig, "alpha"),
+              show_default=True,
               help="Mixup lambda ~ Beta(alpha, alpha).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=default_of(TrainConfig, "epochs"), show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=default_of(TrainConfig, "batch_size"), show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=default_of(TrainConfig, "lr"), show_default=True,
               help="Adam learning rate.")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--seeds", type=click.IntRange(min=1), default=default_of(TrainConfig, "seeds"), show_default=True,
               help="Train with seeds 0..N-1; metrics are mean and std over them.")
-@click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--eval-every", type=click.IntRange(min=0), default=default_of(TrainConfig, "eval_every"), show_default=True,
               help="Evaluate every N steps (0 = every epoch).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda[:N].")
-@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Transformer layers.")
-@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Use at most N frames per video.")
+@click.option("--device", default=default_of(TrainConfig, "device"), show_default=True,
+              help="auto (CUDA when present), cpu, cuda[:N].")
+@click.option("--layers", type=click.IntRange(min=1), default=default_of(TrainConfig, "layers"), show_default=True,
+              help="Transformer layers.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=default_of(TrainConfig, "max_frames"),
+              help="Use at most N frames per video [default: all stored].")
 @click.option("--finetune", is_flag=True, help="random-frame: also train the CLIP image encoder.")
-@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="knn: neighbours.")
-@click.option("--level", type=click.Choice(["video", "frame"]), default="video", show_default=True,
+@click.option("--k", type=click.IntRange(min=1), default=default_of(TrainConfig, "k"), show_default=True,
+              help="knn: neighbours.")
+@click.option("--level", type=click.Choice(["video", "frame"]), default=default_of(TrainConfig, "level"), show_default=True,
               help="knn: vote with video mean embeddings or with every frame.")
-@click.option("--prompt", default="a video about {label}", show_default=True, help="zero-shot prompt.")
+@click.option("--prompt", default=default_of(TrainConfig, "prompt"), show_default=True, help="zero-shot prompt.")
 @pass_quiet
 def train_cmd(store, model, out, mixup, alpha, epochs, batch_size, lr, seeds, eval_every, device, layers,
               max_frames, finetune, k, level, prompt, quiet):
     """Train a classifier (or run a baseline) on STORE's split; write metrics, curves and model to --out."""
-    from classifiers.config import TrainConfig
     from classifiers.train import run_training
     cfg = TrainConfig(model=model, mixup=mixup, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
                       seeds=seeds, eval_every=eval_every, device=device, layers=layers, max_frames=max_frames,
@@ -113,7 +121,8 @@ Examples:
 """)
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default=default_of(TrainConfig, "device"), show_default=True,
+              help="auto (CUDA when present), cpu, cuda[:N].")
 @json_option
 def predict_cmd(run, videos, device, as_json):
     """Classify video files with a trained RUN (frames sampled and embedded as its store was built)."""
