@@ -330,9 +330,9 @@ _PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.faiss")
 
 
 def max_part_bytes(meta: IndexMeta, rows: int) -> int:
-    """A generous bound on a FAISS file of ``rows`` vectors: full vectors, an id each, HNSW links
-    and IVF centroids (one per vector at most) would all fit."""
-    return (1 << 20) + rows * (8 * meta.dim + 64 + 16 * meta.config.hnsw_m)
+    """A generous bound on a FAISS file of ``rows`` vectors: full vectors, an id each, HNSW links,
+    IVF centroids (one per vector at most) and a D x D transform (PCA, OPQ) would all fit."""
+    return (1 << 20) + 8 * meta.dim * meta.dim + rows * (8 * meta.dim + 64 + 16 * meta.config.hnsw_m)
 
 
 def check_part(store_path: str | Path, meta: IndexMeta, part: IndexPart) -> Path:
