@@ -92,14 +92,21 @@ def compact_cmd(store, max_frames):
 Examples:
   vstore verify runs/store
   vstore verify runs/store --repair   # drop damaged segments into STORE/{QUARANTINE_DIR}/, rebuild to re-add
+                                      # (and delete segment files an interrupted write left unlisted)
 """)
 @store_argument
-@click.option("--repair", is_flag=True, help="Drop damaged segments (moved to STORE/quarantine/).")
+@click.option("--repair", is_flag=True, help="Drop damaged segments (moved to STORE/quarantine/) and delete "
+                                            "unlisted segment files of interrupted writes.")
 def verify_cmd(store, repair):
     """Check every segment byte against the manifest's SHA-256 and every chunk checksum."""
     report = verify(store, repair=repair)
     for f, reason in report.bad.items():
         click.echo(f"BAD {f}: {reason}", err=True)
+    if report.orphans:
+        click.echo(f"{'removed' if repair else 'found'} {len(report.orphans)} unlisted segment file(s) left by an "
+                   f"interrupted write ({', '.join(report.orphans[:3])})"
+                   + ("" if repair else f"; `vstore verify {store} --repair` or `vstore compact {store}` removes them"),
+                   err=True)
     if report.ok:
         click.echo(f"ok: {report.segments} segment(s) verified")
         return

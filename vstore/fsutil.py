@@ -11,9 +11,31 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreLockedError
+from .errors import StoreCorruptError, StoreLockedError, StoreWriteError
 
 TMP_PREFIX = ".tmp-"
+
+
+def inside(folder: str | Path, name: str, what: str = "file") -> Path:
+    """``folder / name`` for a relative ``name`` read from a file (a manifest, index.json, a run
+    directory) after checking that it stays inside ``folder``: not absolute, no ``..``, and no
+    symbolic link on the way that leads out. Raises ``StoreCorruptError`` naming both otherwise.
+    """
+    folder = Path(folder)
+    pure = Path(name) if isinstance(name, str) else None
+    if (pure is None or not name or "\0" in name or pure.is_absolute() or ".." in pure.parts
+            or pure.parts[:1] == ("~",)):
+        raise StoreCorruptError(f"{folder}: {what} {name!r} points outside its folder; refused "
+                                f"(restore the file that lists it from a backup, or rebuild)", str(folder))
+    path = folder / pure
+    try:
+        real, base = path.resolve(), folder.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise StoreCorruptError(f"{path}: cannot be resolved ({e}); refused", str(path)) from None
+    if real != base and base not in real.parents:
+        raise StoreCorruptError(f"{folder}: {what} {name!r} leads outside its folder (to {real}) through a "
+                                f"symbolic link; refused", str(folder))
+    return path
 
 
 def fsync_dir(path: Path) -> None:
@@ -85,8 +107,24 @@ class WriteLock:
         self.what = what
         self._fd: int | None = None
 
+    def _cannot(self, e: OSError) -> StoreWriteError:
+        """The one-line error for an environment that refuses the lock file."""
+        why = {errno.EROFS: "the filesystem is read-only", errno.ENOSPC: "the disk is full",
+               errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is not a folder",
+               errno.ENOENT: "the folder does not exist"}.get(e.errno, e.strerror or str(e))
+        way = {errno.EROFS: "mount it read-write or copy the store elsewhere (reading needs no lock)",
+               errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space",
+               errno.ENOTDIR: "choose a store path whose parents are folders",
+               errno.ENOENT: "check the store path"}.get(e.errno, "fix the folder's permissions")
+        return StoreWriteError(f"cannot take the write lock {self.path} for {self.what} ({why}); {way}; "
+                               "the store is unchanged")
+
     def acquire(self) -> "WriteLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise self._cannot(e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -97,9 +135,14 @@ class WriteLock:
                     f"{self.path.parent} is being written by {holder}. Wait for it to finish "
                     f"(one writer at a time: build, import-json, compact, index, split)."
                 ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({self.what})".encode())
+            raise self._cannot(e) from None
+        try:  # who holds it, for the message above; a full disk refuses this too
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({self.what})".encode())
+        except OSError as e:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise self._cannot(e) from None
         self._fd = fd
         return self
 

@@ -40,7 +40,8 @@ from typing import Any, Optional
 import faiss
 import numpy as np
 
-from .errors import IndexBuildError, IndexDamagedError, StaleIndexError
+from .errors import IndexBuildError, IndexDamagedError, StaleIndexError, StoreCorruptError
+from .fsutil import inside
 from .index_faiss import FaissFileError, faiss_message, faiss_metric, ivf_of, read_faiss_file
 from .manifest import SegmentEntry
 from .segment import SegmentReader, chunk_checksums, file_sha256
@@ -341,7 +342,10 @@ def check_part(store_path: str | Path, meta: IndexMeta, part: IndexPart) -> Path
     directory = index_dir(store_path)
     if not _PART_NAME.fullmatch(part.file):
         raise damaged(store_path, str(directory / META_NAME), f"{part.file!r} is not a file name inside {directory}")
-    path = directory / part.file
+    try:
+        path = inside(directory, part.file, "index part")
+    except StoreCorruptError as e:
+        raise damaged(store_path, str(directory / META_NAME), str(e)) from None
     try:
         st = os.lstat(path)
     except FileNotFoundError:

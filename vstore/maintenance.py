@@ -11,11 +11,12 @@ from typing import Optional
 import numpy as np
 
 from .errors import StoreCorruptError, StoreWriteError
-from .fsutil import WriteLock, command_line, fsync_dir
-from .manifest import SEGMENT_DIR, SegmentEntry, read_manifest, write_manifest
+from .fsutil import WriteLock, command_line, fsync_dir, inside
+from .manifest import SEGMENT_DIR, SegmentEntry, orphan_segments, read_manifest, write_manifest
 from .records import VideoEntry
 from .segment import SegmentReader, file_sha256, write_segment
 from .store import LOCK_NAME
+from .writer import clean_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,15 @@ def compact(path: str | Path, max_frames_per_segment: int = DEFAULT_MAX_FRAMES) 
     Memory is bounded by one merged segment.
     """
     path = Path(path)
+    read_manifest(path)  # not a store: an error, and no .lock left behind
     with WriteLock(path / LOCK_NAME, command_line()):
         m = read_manifest(path)
+        segment_files = [inside(path, s.file, "segment") for s in m.segments]  # all, before any is touched
+        try:
+            clean_leftovers(path, m)  # e.g. the merged segment of a compaction killed before its commit
+        except OSError as e:
+            raise StoreWriteError(f"cannot clean {path / SEGMENT_DIR} ({e.strerror or e}); the store is "
+                                  "unchanged. Check the folder's permissions and free space") from e
         groups = plan_compaction([s.frames for s in m.segments], max_frames_per_segment)
         if all(len(g) == 1 for g in groups):
             return CompactResult(len(m.segments), len(m.segments), m.n_videos)
@@ -88,7 +96,7 @@ def compact(path: str | Path, max_frames_per_segment: int = DEFAULT_MAX_FRAMES) 
                     continue
                 entries: list[VideoEntry] = []
                 for pos in group:
-                    reader = SegmentReader(path / m.segments[pos].file, expected_bytes=m.segments[pos].bytes, dim=m.dim)
+                    reader = SegmentReader(segment_files[pos], expected_bytes=m.segments[pos].bytes, dim=m.dim)
                     try:
                         entries += _entries_of(reader)
                     finally:
@@ -107,9 +115,9 @@ def compact(path: str | Path, max_frames_per_segment: int = DEFAULT_MAX_FRAMES) 
                                       "Free disk space and rerun") from e
             raise
         kept = {e.file for e in new_entries}
-        for entry in m.segments:  # no longer listed: safe to delete
+        for entry, file in zip(m.segments, segment_files):  # no longer listed: safe to delete
             if entry.file not in kept:
-                (path / entry.file).unlink(missing_ok=True)
+                file.unlink(missing_ok=True)
         fsync_dir(seg_dir)
         log.info("compacted %d segments into %d", len(m.segments), len(new_entries))
         return CompactResult(len(m.segments), len(new_entries), m.n_videos)
@@ -121,6 +129,7 @@ class VerifyReport:
     bad: dict[str, str] = field(default_factory=dict)  # segment file -> reason
     dropped_videos: list[str] = field(default_factory=list)
     repaired: bool = False
+    orphans: list[str] = field(default_factory=list)  # unlisted segment files (removed by --repair)
 
     @property
     def ok(self) -> bool:
@@ -128,7 +137,10 @@ class VerifyReport:
 
 
 def _check_segment(path: Path, entry: SegmentEntry, dim: Optional[int]) -> Optional[str]:
-    p = path / entry.file
+    try:
+        p = inside(path, entry.file, "segment")
+    except StoreCorruptError as e:
+        return str(e)
     if not p.is_file():
         return "file is missing"
     if p.stat().st_size != entry.bytes:
@@ -158,23 +170,29 @@ def verify(path: str | Path, repair: bool = False) -> VerifyReport:
     manifest; their videos are reported so that the next build re-adds them.
     """
     path = Path(path)
+    read_manifest(path)  # not a store: an error, and no .lock left behind
     lock = WriteLock(path / LOCK_NAME, command_line()) if repair else None
     if lock:
         lock.acquire()
     try:
         m = read_manifest(path)
         report = VerifyReport(segments=len(m.segments))
+        report.orphans = [str(p.relative_to(path)) for p in orphan_segments(path, m)]
         for entry in m.segments:
             reason = _check_segment(path, entry, m.dim)
             if reason:
                 report.bad[entry.file] = reason
                 log.warning("%s: %s", entry.file, reason)
+        if repair and report.orphans:
+            clean_leftovers(path, m)  # under the lock: no commit is between its rename and manifest write
         if repair and report.bad:
+            inside_files = {}
             for entry in m.segments:
                 if entry.file not in report.bad:
                     continue
                 try:
-                    r = SegmentReader(path / entry.file)
+                    inside_files[entry.file] = src = inside(path, entry.file, "segment")
+                    r = SegmentReader(src)
                     report.dropped_videos += r.ids
                     r.close()
                 except StoreCorruptError:
@@ -183,8 +201,7 @@ def verify(path: str | Path, repair: bool = False) -> VerifyReport:
             write_manifest(path, m.next(segments=keep))
             q = path / QUARANTINE_DIR
             q.mkdir(exist_ok=True)
-            for f in report.bad:
-                src = path / f
+            for src in inside_files.values():  # an entry pointing outside the store is only dropped
                 if src.exists():
                     shutil.move(str(src), str(q / src.name))
             report.repaired = True

@@ -34,6 +34,18 @@ class SegmentEntry:
     bytes: int
     sha256: str
 
+    @classmethod
+    def from_dict(cls, d: Any) -> "SegmentEntry":
+        """One ``segments`` entry, every field checked (``TypeError``/``ValueError`` otherwise)."""
+        if not isinstance(d, dict) or set(d) != {"file", "videos", "frames", "bytes", "sha256"}:
+            raise ValueError(f"segment entry {str(d)[:80]!r} is not {{file, videos, frames, bytes, sha256}}")
+        if not isinstance(d["file"], str) or not isinstance(d["sha256"], str):
+            raise ValueError(f"segment entry {d['file']!r}: file and sha256 must be strings")
+        counts = [d[k] for k in ("videos", "frames", "bytes")]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in counts):
+            raise ValueError(f"segment entry {d['file']!r}: videos, frames and bytes must be counts")
+        return cls(d["file"], *counts, d["sha256"])
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -85,18 +97,28 @@ class Manifest:
                 f"{where} has format version {d['format_version']}; this vstore reads up to "
                 f"{FORMAT_VERSION}. Upgrade vstore.", where)
         try:
+            encoder, dim, names = d.get("encoder"), d.get("dim"), d.get("label_names", [])
+            if encoder is not None and not isinstance(encoder, dict):
+                raise ValueError("encoder must be an object")
+            if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+                raise ValueError(f"dim must be a positive integer, not {dim!r}")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError("label_names must be a list of strings")
+            if not isinstance(d.get("config", {}), dict) or not isinstance(d.get("segments", []), list) \
+                    or not isinstance(d.get("build") or {}, dict):
+                raise ValueError("segments must be a list and build an object")
             return cls(
                 generation=int(d["generation"]),
                 config=StoreConfig.from_dict(d.get("config", {})),
-                encoder=d.get("encoder"),
-                dim=None if d.get("dim") is None else int(d["dim"]),
-                label_names=tuple(d.get("label_names", ())),
-                segments=tuple(SegmentEntry(**s) for s in d.get("segments", ())),
+                encoder=encoder,
+                dim=dim,
+                label_names=tuple(names),
+                segments=tuple(SegmentEntry.from_dict(s) for s in d.get("segments", ())),
                 build=dict(d.get("build") or {}),
                 created=d.get("created", ""),
                 updated=d.get("updated", ""),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise StoreCorruptError(f"{where} is malformed ({e}); restore it from a backup or rebuild the store", where) from e
 
 
@@ -121,3 +143,11 @@ def read_manifest(store_dir: Path) -> Manifest:
 
 def write_manifest(store_dir: Path, manifest: Manifest) -> None:
     atomic_write_json(manifest_path(store_dir), manifest.to_dict())
+
+
+def orphan_segments(store_dir: Path, manifest: Manifest) -> list[Path]:
+    """Segment files the manifest does not list: renamed by a commit (or a compaction) that
+    died before its manifest write. Only delete them while holding the write lock."""
+    seg_dir = Path(store_dir) / SEGMENT_DIR
+    listed = {Path(s.file).name for s in manifest.segments}
+    return sorted(p for p in seg_dir.glob("*.h5") if p.name not in listed) if seg_dir.is_dir() else []

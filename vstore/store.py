@@ -14,8 +14,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .config import StoreConfig
-from .errors import StoreCorruptError, StoreNotFoundError, UnknownVideoError
-from .fsutil import WriteLock, command_line
+from .errors import StoreCorruptError, StoreNotFoundError, StoreWriteError, UnknownVideoError
+from .fsutil import WriteLock, command_line, inside
 from .manifest import SEGMENT_DIR, Manifest, read_manifest, write_manifest
 from .records import VideoTable
 from .segment import SegmentReader
@@ -88,7 +88,7 @@ class Store:
         readers: list[SegmentReader] = []
         try:
             for entry in manifest.segments:
-                readers.append(SegmentReader(path / entry.file, expected_bytes=entry.bytes, dim=manifest.dim))
+                readers.append(SegmentReader(inside(path, entry.file, "segment"), expected_bytes=entry.bytes, dim=manifest.dim))
                 if readers[-1].n_videos != entry.videos or readers[-1].n_frames != entry.frames:
                     raise StoreCorruptError(f"segment {entry.file} does not match the manifest", entry.file)
         except BaseException:
@@ -105,10 +105,22 @@ class Store:
             raise StoreNotFoundError(f"{path} already holds a store")
         if path.exists() and not path.is_dir():
             raise StoreNotFoundError(f"{path} exists and is not a directory")
-        (path / SEGMENT_DIR).mkdir(parents=True, exist_ok=True)
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise StoreNotFoundError(f"cannot create the store {path}: {blocker} is a file, not a folder; "
+                                     "choose another --store")
+        try:
+            (path / SEGMENT_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreWriteError(f"cannot create the store {path} ({e.strerror or e}); choose a --store on a "
+                                  "writable filesystem with free space") from None
         with WriteLock(path / LOCK_NAME, command_line()):
             if not (path / "manifest.json").exists():
-                write_manifest(path, Manifest(config=config or StoreConfig()))
+                try:
+                    write_manifest(path, Manifest(config=config or StoreConfig()))
+                except OSError as e:
+                    raise StoreWriteError(f"cannot write {path / 'manifest.json'} ({e.strerror or e}); free "
+                                          "disk space and rerun") from None
         return cls.open(path)
 
     @classmethod
@@ -278,11 +290,11 @@ class Store:
             runs = np.split(chunks, np.flatnonzero(np.diff(chunks) != 1) + 1)
             for run in runs:
                 a, b = int(run[0]) * chunk, min(int(run[-1] + 1) * chunk, seg.n_frames)
-                inside = (local >= a) & (local < b)
+                hit = (local >= a) & (local < b)
                 fi = seg.read_frame_column("frame_index", a, b)
                 ts = seg.read_frame_column("timestamp", a, b)
-                frame_index[sel[inside]] = fi[local[inside] - a]
-                timestamp[sel[inside]] = ts[local[inside] - a]
+                frame_index[sel[hit]] = fi[local[hit] - a]
+                timestamp[sel[hit]] = ts[local[hit] - a]
         return [table.ids[v] for v in vrow], frame_index, timestamp
 
     def video_means(self, video_ids: Optional[Sequence[str]] = None, normalize: bool = False) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from .errors import IncompatibleEncoderError, StoreWriteError, VStoreError
 from .fsutil import WriteLock, command_line, remove_temp_files
-from .manifest import SEGMENT_DIR, Manifest, SegmentEntry, read_manifest, write_manifest
+from .manifest import SEGMENT_DIR, Manifest, SegmentEntry, orphan_segments, read_manifest, write_manifest
 from .records import VideoEntry
 from .segment import write_segment
 from .store import LOCK_NAME, Store
@@ -40,6 +40,20 @@ def check_encoder(manifest: Manifest, encoder: dict, store_path: Path) -> None:
             f"{describe_encoder(encoder)}. Use --encoder {old.get('name', '?')} or a new --store.")
 
 
+def clean_leftovers(path: Path, manifest: Manifest) -> int:
+    """Remove temporary files and unlisted segments of interrupted writes (build, compaction).
+    Call only while holding the store's write lock."""
+    seg_dir = Path(path) / SEGMENT_DIR
+    seg_dir.mkdir(exist_ok=True)
+    removed = remove_temp_files(seg_dir) + remove_temp_files(Path(path))
+    for p in orphan_segments(path, manifest):
+        p.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.info("removed %d leftover file(s) of an interrupted write in %s", removed, path)
+    return removed
+
+
 class StoreWriter:
     """Appends videos to a store under its write lock.
 
@@ -59,7 +73,7 @@ class StoreWriter:
         try:
             self.manifest = read_manifest(self.path)
             check_encoder(self.manifest, self.encoder, self.path)
-            self._clean_leftovers()
+            clean_leftovers(self.path, self.manifest)
             # Opening validates what is there; we only need the committed ids.
             with Store(self.path, self.manifest, Store._open_segments(self.path, self.manifest)) as store:
                 self.committed: set[str] = set(store.videos.ids)
@@ -70,18 +84,6 @@ class StoreWriter:
         self._buffer_ids: set[str] = set()
         self._buffer_started = time.monotonic()
         self.videos_committed = 0
-
-    def _clean_leftovers(self) -> None:
-        seg_dir = self.path / SEGMENT_DIR
-        seg_dir.mkdir(exist_ok=True)
-        removed = remove_temp_files(seg_dir) + remove_temp_files(self.path)
-        listed = {Path(s.file).name for s in self.manifest.segments}
-        for p in seg_dir.glob("*.h5"):
-            if p.name not in listed:  # renamed by a commit that died before its manifest write
-                p.unlink()
-                removed += 1
-        if removed:
-            log.info("removed %d leftover file(s) of an interrupted write in %s", removed, self.path)
 
     # -- appending --------------------------------------------------------------------------------
     def __contains__(self, video_id: str) -> bool:
