@@ -28,6 +28,14 @@ def _column(run: Run) -> str:
     return name
 
 
+def unique_columns(runs: Sequence[Run]) -> list[str]:
+    """Column titles; runs of the same model are told apart by directory name, then by position
+    (counted on the plain titles, so every one of them is suffixed, the last included)."""
+    plain = [_column(r) for r in runs]
+    cols = [f"{c} [{Path(r.path).name}]" if plain.count(c) > 1 else c for c, r in zip(plain, runs)]
+    return [f"{c} ({i + 1})" if cols.count(c) > 1 else c for i, c in enumerate(cols)]
+
+
 def _cell(run: Run, metric: str) -> str:
     m = run.metrics
     if m.get("seeds", 1) > 1:
@@ -37,10 +45,7 @@ def _cell(run: Run, metric: str) -> str:
 
 def build_report(run_dirs: Sequence[str | Path]) -> tuple[str, list[Run]]:
     runs = [load_run(p) for p in run_dirs]
-    cols = [_column(r) for r in runs]
-    for i, c in enumerate(list(cols)):  # two runs of the same model: tell them apart by directory
-        if cols.count(c) > 1:
-            cols[i] = f"{c} [{Path(runs[i].path).name}]"
+    cols = unique_columns(runs)
     lines = ["| Metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for metric in SCALARS:
         lines.append(f"| {METRIC_NAMES[metric]} | " + " | ".join(_cell(r, metric) for r in runs) + " |")
@@ -66,5 +71,5 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> tuple[Path,
     atomic_write_bytes(out, text.encode("utf-8"))
     means = np.array([[r.metrics[m] for r in runs] for m in SCALARS])
     stds = np.array([[r.metrics.get(m + "_std", 0.0) for r in runs] for m in SCALARS])
-    plot_report([_column(r) for r in runs], [METRIC_NAMES[m] for m in SCALARS], means, stds, png)
+    plot_report(unique_columns(runs), [METRIC_NAMES[m] for m in SCALARS], means, stds, png)
     return out, png

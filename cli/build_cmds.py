@@ -67,6 +67,12 @@ def build_cmd(inputs, store, labels, frames, sampling, encoder_spec, device, bat
                f" - {summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s)")
     if labels and summary.unlabeled:
         click.echo(f"{summary.unlabeled} built video(s) have no label in {labels}", err=True)
+    if summary.relabelled:
+        click.echo(f"{len(summary.relabelled)} video(s) already in {store} kept their stored label although {labels} "
+                   "gives another; build into a new --store to relabel them", err=True)
+    if summary.compact_error:
+        click.echo(f"the build succeeded ({summary.built} video(s) committed) but merging its segments failed: "
+                   f"{summary.compact_error}; run `vstore compact {store}` later (reads work meanwhile)", err=True)
     if summary.failed:
         click.echo(f"{summary.failed} video(s) failed; reasons in {store}/{FAILURES_NAME}", err=True)
         raise SystemExit(summary.exit_code)
@@ -97,6 +103,9 @@ def import_json_cmd(src, store, labels, encoder_spec, dtype, quiet):
                f"failed {len(summary.failures)}")
     for _path, reason in summary.failures[:10]:
         click.echo(f"  {reason}", err=True)
+    if summary.compact_error:
+        click.echo(f"the import succeeded ({summary.imported} video(s) committed) but merging its segments failed: "
+                   f"{summary.compact_error}; run `vstore compact {store}` later", err=True)
     if summary.failures:
         raise SystemExit(EXIT_SOME_FAILED)
 

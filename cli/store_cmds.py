@@ -18,7 +18,7 @@ def store_summary(store: Store) -> dict:
     table = store.videos
     counts = Counter(label or None for label in table.labels)
     failures = Path(store.path) / FAILURES_NAME
-    n_failed = max(0, sum(1 for _ in open(failures, encoding="utf-8")) - 1) if failures.is_file() else 0
+    n_failed = max(0, sum(1 for _ in open(failures, encoding="utf-8", errors="replace")) - 1) if failures.is_file() else 0
     enc = store.encoder or {}
     return {
         "path": str(store.path),

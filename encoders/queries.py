@@ -38,15 +38,28 @@ def check_text_support(store: Store) -> None:
             f"and zero-shot classification need a store built with a CLIP encoder (--encoder clip:...)")
 
 
+MAX_QUERY_PIXELS = 50_000_000  # an 8K frame is 33 Mpx; decoding more is a memory hazard, not a query
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB pixels of an image file; ``QueryError`` when it cannot be read."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_QUERY_PIXELS:  # checked before a single pixel is decoded
+                    raise QueryError(f"query image {path} is {w}x{h} pixels, more than {MAX_QUERY_PIXELS:,} "
+                                     "(a decompression bomb?); use a smaller image")
+                return np.array(im.convert("RGB"))
     except FileNotFoundError:
         raise QueryError(f"query image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise QueryError(f"query image {path} is refused ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise QueryError(f"query image {path} cannot be read as an image ({e})") from None
 
 

@@ -207,6 +207,18 @@ def test_13_orphan_segment_removed_by_compact_and_verify_repair(small_store, run
 
 
 @pytest.fixture(scope="module")
+def thumb_one(tiny_video_dir, tmp_path_factory) -> Path:
+    """A store of the one tiny video (thumbnail encoder), indexed."""
+    from click.testing import CliRunner
+    store = tmp_path_factory.mktemp("thumb_one") / "store"
+    for args in (["-q", "build", str(tiny_video_dir), "--store", str(store), "--encoder", "thumbnail", "--workers", "0",
+                  "--frames", "2"], ["index", str(store), "--kind", "flat"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+    return store
+
+
+@pytest.fixture(scope="module")
 def tiny_video_dir(tmp_path_factory) -> Path:
     from encoders.video.synthetic import make_class_video
     d = tmp_path_factory.mktemp("tiny_videos")
@@ -214,4 +226,301 @@ def tiny_video_dir(tmp_path_factory) -> Path:
     return d
 
 
-__all__ = ["csv", "zlib"]
+
+# 3. a killed train must not leave a mixed run -------------------------------------------------------
+@pytest.fixture(scope="module")
+def labelled_store(tmp_path_factory) -> Path:
+    """16 labelled videos (labels that start like spreadsheet formulas), split 12/4."""
+    from click.testing import CliRunner
+    path = tmp_path_factory.mktemp("labelled") / "store"
+    Store.create(path, StoreConfig(chunk_rows=8)).close()
+    with StoreWriter(path, ENC) as w:
+        for e in entries(16, label=lambda i: ("=HYPERLINK(1)", "+cat", "-dog", "@cmd")[i % 4]):
+            w.add(e)
+    assert CliRunner().invoke(main, ["split", str(path), "--test-size", "0.25"]).exit_code == 0
+    return path
+
+
+def train(runner, store: Path, out: Path, *extra: str):
+    r = runner.invoke(main, ["train", str(store), "--model", "linear", "--epochs", "1", "--out", str(out), "-q",
+                             *extra])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="module")
+def trained_run(labelled_store, tmp_path_factory) -> Path:
+    """A linear run on ``labelled_store`` (read-only: copy it before changing it)."""
+    from click.testing import CliRunner
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(CliRunner(), labelled_store, run)
+    return run
+
+
+def test_3_a_run_is_whole_or_refused(labelled_store, trained_run, tmp_path, runner, monkeypatch):
+    """Was: killed while saving into an existing --out, the run held the new metrics.json beside
+    the old model.pt; predict used one, report the other. Now: the run directory is swapped in
+    whole, and a run whose files disagree is refused by predict and report."""
+    a, old = tmp_path / "a", tmp_path / "old"
+    shutil.copytree(trained_run, a)
+    shutil.copytree(trained_run, old)
+    train(runner, labelled_store, a, "--lr", "0.2")  # a normal save replaces the run whole
+    assert json.loads((a / "metrics.json").read_text())["config"]["lr"] == 0.2
+    assert json.loads((a / "metrics.json").read_text())["run"]["id"] != \
+        json.loads((old / "metrics.json").read_text())["run"]["id"]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(old, mixed)
+    shutil.copy(a / "metrics.json", mixed / "metrics.json")  # what the killed train left
+    for args in (["report", str(mixed)], ["predict", str(mixed), __file__]):
+        out = one_line_error(runner.invoke(main, args))
+        assert "not the one this run wrote" in out, out
+    # a save killed half way (here: while drawing a plot) leaves the earlier run as it was
+    before = {p.name: p.read_bytes() for p in a.iterdir()}
+    import classifiers.runs as runs
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runs, "plot_confusion", killed)
+    r = runner.invoke(main, ["train", str(labelled_store), "--model", "linear", "--epochs", "1", "--out", str(a), "-q"])
+    assert r.exit_code == 130
+    assert {p.name: p.read_bytes() for p in a.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert runner.invoke(main, ["report", str(a), str(old)]).exit_code == 0
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    out = one_line_error(runner.invoke(main, ["train", str(labelled_store), "--model", "linear", "--epochs", "1",
+                                              "--out", str(keep), "-q"]))
+    assert "not a vstore run" in out and (keep / "notes.txt").read_text() == "mine"
+
+
+def test_3_symlinked_run_file_leading_out_is_refused(trained_run, tmp_path, runner):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (tmp_path / "elsewhere.pt").write_bytes((run / "model.pt").read_bytes())
+    (run / "model.pt").unlink()
+    os.symlink(tmp_path / "elsewhere.pt", run / "model.pt")
+    out = one_line_error(runner.invoke(main, ["predict", str(run), __file__]))
+    assert "outside" in out
+
+
+# 4. CSV formula injection ---------------------------------------------------------------------------
+def test_4_predictions_csv_neutralises_formulas_and_reads_back(trained_run):
+    from vstore.csvsafe import plain_row
+    run = trained_run
+    with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    cells = [c for row in rows[1:] for c in row[1:3]] + rows[0]
+    assert cells and not [c for c in cells if c[:1] in "=+-@"]
+    assert {plain_row(r)[1] for r in rows[1:]} <= {"=HYPERLINK(1)", "+cat", "-dog", "@cmd"}
+    assert "p_=HYPERLINK(1)" in plain_row(rows[0])
+
+
+@pytest.mark.parametrize("value", ["=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1", "'=1", "'", "''", "'plain",
+                                   "plain", "", "-", "=", "caf\xe9"])
+def test_4_safe_cell_round_trip(value):
+    from vstore.csvsafe import plain_cell, safe_cell
+    cell = safe_cell(value)
+    assert cell[:1] not in ("=", "+", "-", "@", "\t", "\r")
+    assert plain_cell(cell) == value
+
+
+def test_4_failures_and_downloaded_csv(tmp_path, runner):
+    from encoders.build.failures import Failure, FailureLog
+    from encoders.download.ledger import DownloadedLog, DownloadedRow
+    from vstore.labels import load_labels
+    log = FailureLog(tmp_path)
+    log.add(Failure("=cmd|' /C calc'!A0", "/v/=cmd.mp4", "-bad"))
+    log.finish(set(), set())
+    text = (tmp_path / "failures.csv").read_text()
+    assert "\n=" not in text and ",=" not in text and ",-" not in text
+    assert FailureLog(tmp_path).old["=cmd|' /C calc'!A0"].reason == "-bad"
+    out = tmp_path / "dl"
+    out.mkdir()
+    (out / "-abcdefghij.mp4").write_bytes(b"x")
+    d = DownloadedLog(out)
+    d.add(DownloadedRow("-abcdefghij", "=SUM(1)", "-abcdefghij.mp4", 1.0, "@title"))
+    d.rewrite()
+    text = (out / "downloaded.csv").read_text()
+    assert "\n-" not in text and ",=" not in text and ",@" not in text and ",-" not in text
+    again = DownloadedLog(out).rows["-abcdefghij"]
+    assert (again.category, again.title) == ("=SUM(1)", "@title")
+    assert load_labels(out / "downloaded.csv").mapping == {"-abcdefghij": "=SUM(1)"}
+
+
+# 6. non-UTF-8 file names ----------------------------------------------------------------------------
+def test_6_a_latin1_file_name_is_built_and_recorded(tmp_path, runner, tiny_video_dir):
+    """Was: one video named with a Latin-1 byte made failures.csv raise UnicodeEncodeError;
+    the build committed nothing, every rerun did the same."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(tiny_video_dir / "a.mp4", Path(os.fsdecode(bytes(videos) + b"/caf\xe9.mp4")))
+    Path(os.fsdecode(bytes(videos) + b"/bad\xff.mp4")).write_bytes(b"not a video")
+    shutil.copy(tiny_video_dir / "a.mp4", videos / "plain.mp4")
+    store = tmp_path / "store"
+    args = ["-q", "build", str(videos), "--store", str(store), "--encoder", "thumbnail", "--frames", "2",
+            "--workers", "0"]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 3 and "built 2" in r.output and "failed 1" in r.output, r.output
+    text = (store / "failures.csv").read_text(encoding="utf-8")
+    assert "bad\\xff.mp4" in text
+    with Store.open(store) as s:
+        assert sorted(s.videos.ids) == ["caf\\xe9", "plain"]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 3 and "skipped 2" in r.output, r.output
+    assert runner.invoke(main, ["info", str(store)]).exit_code == 0
+
+
+# 8. import-json values float16 cannot hold ---------------------------------------------------------
+def test_8_import_refuses_what_float16_cannot_hold(tmp_path, runner):
+    src = tmp_path / "json"
+    src.mkdir()
+    good = [[0.1] * 8, [0.2] * 8]
+    (src / "good.json").write_text(json.dumps(good))
+    (src / "big.json").write_text(json.dumps([[0.1] * 8, [0.1] * 7 + [1e5]]))
+    (src / "tiny.json").write_text(json.dumps([[1e-9] + [0.1] * 7]))
+    (src / "bool.json").write_text(json.dumps([[0.1] * 8, [True] + [0.1] * 7]))
+    (src / "text.json").write_text(json.dumps([["0.5"] * 8]))
+    (src / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # 10. nested brackets: this file only
+    r = runner.invoke(main, ["-q", "import-json", str(src), "--store", str(tmp_path / "s16")])
+    assert r.exit_code == 3 and "imported 1" in r.output and "failed 5" in r.output, r.output
+    assert "Traceback" not in r.output
+    assert "big.json: row 1, value 7 is 100000, which float16 cannot hold" in r.output
+    assert "tiny.json: row 0, value 0 is 1e-09" in r.output
+    assert "bool.json: row 1 holds True (bool)" in r.output and "text.json: row 0 holds '0.5' (str)" in r.output
+    assert "deep.json: JSON nested too deeply" in r.output
+    r = runner.invoke(main, ["-q", "import-json", str(src), "--store", str(tmp_path / "s32"), "--dtype", "float32"])
+    assert r.exit_code == 3 and "imported 3" in r.output, r.output
+    with Store.open(tmp_path / "s32") as s:
+        assert s.get_embeddings("big")[1, 7] == 1e5 and s.get_embeddings("tiny")[0, 0] == np.float32(1e-9)
+
+
+# 10. hostile inputs ---------------------------------------------------------------------------------
+def test_10_deeply_nested_labels_json(small_store, tmp_path, runner, tiny_video_dir):
+    labels = tmp_path / "labels.json"
+    labels.write_text("{\"labels\": " + "[" * 200_000 + "]" * 200_000 + "}")
+    out = one_line_error(runner.invoke(main, ["build", str(tiny_video_dir), "--store", str(tmp_path / "s"),
+                                              "--labels", str(labels), "--encoder", "thumbnail"]))
+    assert "nested too deeply" in out
+
+
+def _png_bomb(path: Path, width: int, height: int) -> None:
+    """A valid PNG header claiming width x height pixels, with one tiny compressed row."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [8_000, 12_000, 60_000])  # 64 Mpx, 144 Mpx (PIL only warns), 3.6 Gpx
+def test_10_decompression_bomb_png_as_image_query(thumb_one, tmp_path, runner, side):
+    bomb = tmp_path / "bomb.png"
+    _png_bomb(bomb, side, side)
+    out = one_line_error(runner.invoke(main, ["search", str(thumb_one), "--image", str(bomb)]))
+    assert "bomb" in out or "pixels" in out
+
+
+def test_10_failures_csv_with_invalid_utf8(thumb_one, tmp_path, runner, tiny_video_dir):
+    """Was: a failures.csv with invalid UTF-8 crashed build and info."""
+    store = tmp_path / "store"
+    shutil.copytree(thumb_one, store)
+    (store / "failures.csv").write_bytes(b"id,path,reason\nx\xff\xfe,/nowhere/x.mp4,\xc3(\n\0\0\n=1,\"\n")
+    r = runner.invoke(main, ["info", str(store)])
+    assert r.exit_code == 0 and "failures" in r.output, r.output
+    r = runner.invoke(main, ["-q", "build", str(tiny_video_dir), "--store", str(store), "--encoder", "thumbnail",
+                             "--workers", "0", "--frames", "2"])
+    assert r.exit_code == 0 and "skipped 1" in r.output, r.output
+    (store / "failures.csv").read_text(encoding="utf-8")  # rewritten (or removed) as valid UTF-8
+
+
+# 11. a failed end-of-build compaction --------------------------------------------------------------
+def test_11_failed_compaction_after_a_build_is_a_success(tmp_path, runner, tiny_video_dir, monkeypatch):
+    import encoders.build.pipeline as pipeline
+    from vstore import StoreWriteError
+
+    def disk_full(path, *a, **k):
+        raise StoreWriteError(f"compaction of {path} failed (No space left on device); the store is unchanged")
+    monkeypatch.setattr(pipeline, "compact", disk_full)
+    store = tmp_path / "s"
+    r = runner.invoke(main, ["-q", "build", str(tiny_video_dir), "--store", str(store), "--encoder", "thumbnail",
+                             "--workers", "0", "--frames", "2"])
+    assert r.exit_code == 0 and "built 1" in r.output and "the build succeeded (1 video(s) committed)" in r.output
+    assert "vstore compact" in r.output
+    assert len(videos_of(store)) == 1
+
+
+# 12. string widths and control characters ----------------------------------------------------------
+def test_12_labels_with_control_characters_or_huge_are_skipped(tmp_path, runner, tiny_video_dir):
+    from vstore.labels import load_labels
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"a": "x" * 1_000_000, "b": "cat\0", "c": "li\nne", "d\te": "dog", "f": "ok"}))
+    got = load_labels(labels)
+    assert got.mapping == {"f": "ok"} and len(got.skipped_rows) == 4
+    labels.write_text(json.dumps({"a": "x" * 1_000_000}))
+    out = one_line_error(runner.invoke(main, ["build", str(tiny_video_dir), "--store", str(tmp_path / "s"),
+                                              "--labels", str(labels), "--encoder", "thumbnail"]))
+    assert "no usable" in out
+
+
+def test_12_writer_refuses_control_characters_and_long_values(tmp_path):
+    from vstore import VStoreError
+    Store.create(tmp_path / "s").close()
+    e = entries(1)[0]
+    with StoreWriter(tmp_path / "s", ENC) as w:
+        for bad in ({"id": "v\0"}, {"id": "a\nb"}, {"label": "x\0"}, {"label": "y" * 5000}, {"id": "z" * 300},
+                    {"id": "\udce9"}):
+            with pytest.raises(VStoreError, match="not stored"):
+                w.add(VideoEntry(**{**e.__dict__, **bad}))
+    assert Store.open(tmp_path / "s").n_videos == 0
+
+
+# 13. smaller ----------------------------------------------------------------------------------------
+def test_13_rebuild_with_other_labels_warns(tmp_path, runner, tiny_video_dir):
+    store = tmp_path / "s"
+    args = ["-q", "build", str(tiny_video_dir), "--store", str(store), "--encoder", "thumbnail", "--workers", "0",
+            "--frames", "2", "--labels"]
+    (tmp_path / "l1.json").write_text(json.dumps({"a": "cats"}))
+    (tmp_path / "l2.json").write_text(json.dumps({"a": "dogs"}))
+    assert runner.invoke(main, args + [str(tmp_path / "l1.json")]).exit_code == 0
+    r = runner.invoke(main, args + [str(tmp_path / "l2.json")])
+    assert r.exit_code == 0 and "1 video(s) already in" in r.output and "kept their stored label" in r.output
+
+
+def test_13_symlinked_folder_among_inputs_is_followed(tmp_path, runner, tiny_video_dir):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    os.symlink(tiny_video_dir, inputs / "linked")
+    os.symlink(inputs, inputs / "linked-loop")  # a loop ends
+    r = runner.invoke(main, ["-q", "build", str(inputs), "--store", str(tmp_path / "s"), "--encoder", "thumbnail",
+                             "--workers", "0", "--frames", "2"])
+    assert r.exit_code == 0 and "built 1" in r.output, r.output
+
+
+def test_13_report_suffixes_every_same_named_run(trained_run, tmp_path, runner):
+    for name in ("x", "y", "z"):
+        shutil.copytree(trained_run, tmp_path / name)
+    r = runner.invoke(main, ["report", *(str(tmp_path / n) for n in ("x", "y", "z"))])
+    assert r.exit_code == 0
+    header = r.output.splitlines()[0]
+    assert "linear [x]" in header and "linear [y]" in header and "linear [z]" in header, header
+
+
+def test_13_refused_pickle_message_does_not_advise_unsafe_loading(tmp_path, runner):
+    import pickle
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"model": "linear", "mixup": False, "accuracy": 1, "f1_micro": 1,
+                                                  "f1_macro": 1, "label_names": ["a", "b"]}))
+    (run / "model.pt").write_bytes(pickle.dumps({"format": "vstore-run", "x": os.system}))
+    out = one_line_error(runner.invoke(main, ["predict", str(run), __file__]))
+    assert "refused" in out and "weights_only=False" not in out and "two options" not in out and "trust" not in out
+
+
+# 14. a safe torch minimum ---------------------------------------------------------------------------
+def test_14_torch_minimum_loads_weights_only_by_default():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    pins = [line.strip() for line in cfg["options"]["install_requires"].splitlines() if line.strip().startswith("torch>")]
+    assert pins == ["torch>=2.6"]

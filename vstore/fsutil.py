@@ -5,6 +5,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import uuid
@@ -36,6 +37,18 @@ def inside(folder: str | Path, name: str, what: str = "file") -> Path:
         raise StoreCorruptError(f"{folder}: {what} {name!r} leads outside its folder (to {real}) through a "
                                 f"symbolic link; refused", str(folder))
     return path
+
+
+def path_text(path: str | Path) -> str:
+    """A path (or any text from the OS) as UTF-8-safe, readable text to record: a file name
+    that is not valid UTF-8 (``caf\\xe9.mp4`` in Latin-1) shows its odd bytes as ``\\xe9``
+    instead of making every writer of a CSV, JSON or segment raise ``UnicodeEncodeError``.
+    Valid names come back unchanged."""
+    s = os.fspath(path)
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # lone surrogates that did not come from the OS
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def fsync_dir(path: Path) -> None:
@@ -82,6 +95,38 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8"))
+
+
+_RENAME_EXCHANGE = 2
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Put the finished directory ``new`` at ``dest`` (same parent) so that ``dest`` is always
+    either the old directory or the new one, whole: Linux swaps the two names atomically
+    (``renameat2(RENAME_EXCHANGE)``); elsewhere the old one is renamed aside first. The old
+    directory is deleted afterwards."""
+    new, dest = Path(new), Path(dest)
+    fsync_dir(new)
+    if not dest.exists():
+        os.rename(new, dest)
+        fsync_dir(dest.parent)
+        return
+    swapped = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "renameat2", None)
+        if fn is not None:
+            at_fdcwd = -100
+            swapped = fn(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(dest), _RENAME_EXCHANGE) == 0
+    if swapped:  # ``new`` now names the old directory
+        old = new
+    else:
+        old = temp_path(dest.parent, "-old")
+        os.rename(dest, old)
+        os.rename(new, dest)
+    fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_temp_files(directory: Path) -> int:

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import parse_qs, urlparse
 
+from .csvsafe import plain_cell
 from .errors import LabelsError
+from .records import MAX_ID_BYTES, MAX_LABEL_CHARS, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,12 @@ def _collect(pairs, path: Path) -> Labels:
         if not label:
             skipped.append((where, f"empty label for {vid!r}"))
             continue
+        problem = (text_problem(vid, "id", MAX_ID_BYTES)
+                   or (len(label) > MAX_LABEL_CHARS and f"label of {vid!r} is longer than {MAX_LABEL_CHARS} characters")
+                   or text_problem(label, f"label of {vid!r}", 4 * MAX_LABEL_CHARS))
+        if problem:
+            skipped.append((where, problem))
+            continue
         seen.setdefault(vid, set()).add(label)
     mapping = {v: next(iter(ls)) for v, ls in seen.items() if len(ls) == 1}
     conflicts = {v: ls for v, ls in seen.items() if len(ls) > 1}
@@ -116,7 +124,8 @@ def _from_csv(text: str, path: Path) -> Labels:
     def rows():
         for row in reader:
             # line_num is the line where the (possibly multi-line) record ended
-            yield reader.line_num, id_from_link(row.get(original[id_col]) or ""), row.get(original[label_col])
+            yield (reader.line_num, id_from_link(plain_cell(row.get(original[id_col]) or "")),
+                   plain_cell(row.get(original[label_col]) or ""))
     try:
         return _collect(rows(), path)
     except csv.Error as e:
@@ -139,6 +148,8 @@ def load_labels(path: str | Path) -> Labels:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise LabelsError(f"{path}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise LabelsError(f"{path}: JSON nested too deeply to be a labels file") from None
         labels = _from_json(data, path)
     else:
         labels = _from_csv(text, path)

@@ -3,10 +3,30 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+
+MAX_ID_BYTES = 255  # a file name's limit: ids are file stems
+MAX_LABEL_CHARS = 200  # string columns are as wide as their longest value; keep that bounded
+MAX_SOURCE_BYTES = 4096  # PATH_MAX
+
+
+def text_problem(value: object, what: str, max_bytes: int, controls: bool = False) -> Optional[str]:
+    """Why ``value`` cannot be stored as a video id, label or source, or None when it can:
+    not text, empty, control characters unless ``controls`` (a trailing NUL would be cut off by
+    the fixed-width string columns), not encodable as UTF-8, or longer than ``max_bytes``."""
+    if not isinstance(value, str) or not value:
+        return f"{what} must be non-empty text"
+    bad = next((c for c in value if (not controls and unicodedata.category(c) == "Cc") or "\ud800" <= c <= "\udfff"
+                or c == "\0"), None)
+    if bad is not None:
+        return f"{what} {value[:60]!r} holds the control or invalid character {bad!r}"
+    if len(value.encode("utf-8")) > max_bytes:
+        return f"{what} {value[:60]!r}... is longer than {max_bytes} bytes"
+    return None
 
 
 def key_frame_index(video_id: str, total_frames: int) -> int:

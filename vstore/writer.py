@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from .errors import IncompatibleEncoderError, StoreWriteError, VStoreError
 from .fsutil import WriteLock, command_line, remove_temp_files
 from .manifest import SEGMENT_DIR, Manifest, SegmentEntry, orphan_segments, read_manifest, write_manifest
-from .records import VideoEntry
+from .records import MAX_ID_BYTES, MAX_LABEL_CHARS, MAX_SOURCE_BYTES, VideoEntry, text_problem
 from .segment import write_segment
 from .store import LOCK_NAME, Store
 
@@ -90,6 +90,11 @@ class StoreWriter:
         return video_id in self.committed or video_id in self._buffer_ids
 
     def add(self, entry: VideoEntry) -> None:
+        problem = (text_problem(entry.id, "video id", MAX_ID_BYTES)
+                   or (entry.label is not None and text_problem(entry.label, "label", 4 * MAX_LABEL_CHARS))
+                   or (entry.source and text_problem(entry.source, "source", MAX_SOURCE_BYTES, controls=True)))
+        if problem:
+            raise VStoreError(f"video {entry.id!r}: {problem}; not stored")
         if entry.id in self:
             raise VStoreError(f"video {entry.id!r} is already in {self.path}")
         if entry.embeddings.shape[1] != self.dim:

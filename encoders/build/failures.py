@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from vstore.fsutil import atomic_write_bytes
+from vstore.csvsafe import plain_cell, safe_row
+from vstore.fsutil import atomic_write_bytes, path_text
+
+log = logging.getLogger(__name__)
 
 FAILURES_NAME = "failures.csv"
 
@@ -18,6 +22,11 @@ class Failure:
     reason: str
 
 
+def _cells(f: Failure) -> list[str]:
+    """A row safe to open in a spreadsheet, for any path the OS gave (see ``path_text``)."""
+    return safe_row(path_text(c) for c in (f.id, f.path, f.reason))
+
+
 class FailureLog:
     """``STORE/failures.csv`` (id, path, reason): appended as failures happen, so a crash keeps
     them; rewritten at the end with this run's failures plus older ones still unresolved."""
@@ -26,10 +35,15 @@ class FailureLog:
         self.path = Path(store_path) / FAILURES_NAME
         self.old: dict[str, Failure] = {}
         if self.path.is_file():
-            with open(self.path, newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    if row.get("id"):
-                        self.old[row["id"]] = Failure(row["id"], row.get("path", ""), row.get("reason", ""))
+            try:  # a damaged log (invalid UTF-8, NULs) is read as far as it goes, never fatal
+                with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+                    for row in csv.DictReader(f):
+                        vid = plain_cell(row.get("id") or "")
+                        if vid:
+                            self.old[vid] = Failure(vid, plain_cell(row.get("path") or ""),
+                                                    plain_cell(row.get("reason") or ""))
+            except (csv.Error, OSError) as e:
+                log.warning("%s is damaged (%s); it is rewritten at the end of this build", self.path, e)
         self.new: dict[str, Failure] = {}
 
     def add(self, failure: Failure) -> None:
@@ -39,7 +53,7 @@ class FailureLog:
             w = csv.writer(f)
             if fresh:
                 w.writerow(["id", "path", "reason"])
-            w.writerow([failure.id, failure.path, failure.reason])
+            w.writerow(_cells(failure))
 
     def finish(self, attempted: set[str], committed: set[str]) -> None:
         # Older failures stay listed while still unresolved: not retried now, not in the
@@ -54,5 +68,5 @@ class FailureLog:
         w = csv.writer(buf)
         w.writerow(["id", "path", "reason"])
         for f in keep.values():
-            w.writerow([f.id, f.path, f.reason])
+            w.writerow(_cells(f))
         atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))

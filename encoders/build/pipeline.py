@@ -18,8 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vstore import Store, StoreConfig, StoreWriter, VideoEntry, compact
+from vstore import Store, StoreConfig, StoreWriter, VideoEntry, VStoreError, compact
+from vstore.fsutil import path_text
 from vstore.labels import Labels
+from vstore.records import MAX_ID_BYTES, text_problem
 
 from ..errors import EXIT_SOME_FAILED
 from ..video.sampling import SAMPLING_MODES, SampledVideo, find_videos, sample_video
@@ -64,6 +66,9 @@ class BuildSummary:
     frames: int = 0
     seconds: float = 0.0
     unlabeled: int = 0
+    # videos already in the store whose label in --labels differs (they keep the stored one)
+    relabelled: list[tuple[str, Optional[str], str]] = field(default_factory=list)
+    compact_error: Optional[str] = None  # the end-of-build compaction failed; the build did not
 
     @property
     def failed(self) -> int:
@@ -157,7 +162,7 @@ def _entry(p: _Pending, labels: Optional[Labels]) -> VideoEntry:
     has_key = v.key_frame_image is not None
     return VideoEntry(
         id=p.task.video_id, embeddings=p.embeddings[:n], frame_index=v.indices, timestamp=v.timestamps,
-        label=labels.get(p.task.video_id) if labels else None, source=str(Path(p.task.path).resolve()),
+        label=labels.get(p.task.video_id) if labels else None, source=path_text(Path(p.task.path).resolve()),
         total_frames=v.total_frames, duration=v.duration, key_frame_index=v.key_frame_index,
         key_frame_time=v.key_frame_time, key_frame_image=v.key_frame_image if has_key else None,
         key_frame_embedding=p.embeddings[n] if has_key else None,
@@ -165,13 +170,19 @@ def _entry(p: _Pending, labels: Optional[Labels]) -> VideoEntry:
 
 
 def plan_videos(inputs: Sequence[str | Path]) -> tuple[list[tuple[str, Path]], list[Failure]]:
-    """(id, path) of each video (id = file stem) and failures for clashing ids."""
+    """(id, path) of each video (id = file stem, see ``path_text`` for names that are not
+    UTF-8) and failures for clashing or unusable ids."""
     seen: dict[str, Path] = {}
     clashes: list[Failure] = []
     for path in find_videos(list(inputs)):
-        vid = path.stem
+        vid = path_text(path.stem)
+        problem = text_problem(vid, "video id (the file name)", MAX_ID_BYTES)
+        if problem:
+            clashes.append(Failure(vid, path_text(path), f"{problem}; rename the file"))
+            continue
         if vid in seen:
-            clashes.append(Failure(vid, str(path), f"duplicate video id {vid!r}: also {seen[vid]}; rename one"))
+            clashes.append(Failure(vid, path_text(path), f"duplicate video id {vid!r}: also {path_text(seen[vid])}; "
+                                   "rename one"))
             continue
         seen[vid] = path
     return list(seen.items()), clashes
@@ -186,9 +197,17 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
     store_path = Path(store_path)
     t0 = time.monotonic()
     videos, clashes = plan_videos(inputs)
-    Store.open_or_create(store_path, store_config).close()
-    build_info = {**asdict(config), "encoder": encoder.name}
     summary = BuildSummary()
+    with Store.open_or_create(store_path, store_config) as existing:
+        if labels:
+            summary.relabelled = [(v, old, labels.get(v)) for v, old in zip(existing.videos.ids, existing.videos.labels)
+                                  if labels.get(v) is not None and labels.get(v) != old]
+    if summary.relabelled:
+        v, old, new = summary.relabelled[0]
+        log.warning("%d video(s) already in %s have another label in %s (e.g. %s: %s -> %s); they keep the "
+                    "stored label: build into a new --store to relabel them", len(summary.relabelled), store_path,
+                    labels.path, v, old, new)
+    build_info = {**asdict(config), "encoder": encoder.name}
     failures = FailureLog(store_path)
     with StoreWriter(store_path, encoder.identity, build_info=build_info) as writer:
         todo = [(vid, path) for vid, path in videos if vid not in writer]
@@ -229,7 +248,7 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
                 for task, result in results:
                     attempted.add(task.video_id)
                     if isinstance(result, TaskFailure):
-                        f = Failure(task.video_id, task.path, result.reason)
+                        f = Failure(task.video_id, path_text(task.path), result.reason)
                         log.warning("failed %s: %s", task.path, result.reason)
                         failures.add(f)
                         summary.failures.append(f)
@@ -244,6 +263,10 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
             failures.finish(attempted, writer.committed)
     if config.compact and summary.built:
         # Segments were small so that a crash loses little; large ones read faster.
-        compact(store_path)
+        try:
+            compact(store_path)
+        except VStoreError as e:  # disk full...: every video is committed already, the build succeeded
+            summary.compact_error = str(e)
+            log.warning("the %d built video(s) are committed; merging segments failed: %s", summary.built, e)
     summary.seconds = time.monotonic() - t0
     return summary

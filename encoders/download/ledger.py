@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Optional
 
 import av
 
+from vstore.csvsafe import plain_cell, safe_row
 from vstore.errors import VStoreError
 from vstore.fsutil import atomic_write_bytes
 from vstore.labels import ID_COLUMNS, LABEL_COLUMNS, id_from_link, is_youtube_id
@@ -132,7 +133,7 @@ def _rows(text: str, path: Path) -> tuple[Iterable[tuple[int, str, str, str]], b
     title_col = next((names.index(c) for c in TITLE_COLUMNS if c in names), None)
 
     def cell(row: list[str], col: Optional[int]) -> str:
-        return row[col] if col is not None and col < len(row) else ""
+        return plain_cell(row[col]) if col is not None and col < len(row) else ""
 
     def rows():
         try:
@@ -306,7 +307,7 @@ class DownloadedRow:
 
 def _csv_line(cells: list[str]) -> bytes:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(cells)
+    csv.writer(buf, lineterminator="\n").writerow(safe_row(cells))
     return buf.getvalue().encode("utf-8")
 
 
@@ -334,7 +335,8 @@ def _read_csv(path: Path) -> tuple[list[dict[str, str]], bool]:
         data = data[:data.rfind(b"\n") + 1]
         log.warning("%s: dropped an incomplete last line (an interrupted run)", path)
     try:
-        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8", errors="replace"), newline="")))
+        rows = [{k: plain_cell(v) if isinstance(v, str) else v for k, v in r.items()}
+                for r in csv.DictReader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))]
     except csv.Error as e:
         log.warning("%s: unreadable (%s); starting it afresh", path, e)
         return [], True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -352,12 +353,27 @@ def sample_video(path: str | Path, n: int, mode: str = "exact", size: Optional[i
     return result
 
 
+def _videos_under(root: Path) -> list[Path]:
+    """Video files under ``root``, following symlinked folders (``rglob`` skips them), each
+    real folder once (a link loop ends)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        found += [Path(folder, f) for f in files
+                  if Path(f).suffix.lower() in VIDEO_EXTENSIONS and os.path.isfile(os.path.join(folder, f))]
+    return found
+
+
 def find_videos(paths: list[str | Path]) -> list[Path]:
     """Video files among ``paths`` (directories searched recursively), sorted, deduplicated."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS]
+            found += _videos_under(p)
         elif p.exists():
             found.append(p)
         else:
