@@ -1,6 +1,7 @@
 """`vstore split / train / report / predict` through the CLI, outputs and error paths."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from collections import Counter
@@ -114,5 +115,11 @@ def test_pickle_payload_in_model_pt_is_refused(split_store, runner, tmp_path):
             return (print, ("pwned",))
     with open(out / "model.pt", "wb") as f:
         pickle.dump({"format": "vstore-run", "x": Evil()}, f)
+    r = runner.invoke(main, ["predict", str(out), __file__])
+    assert r.exit_code == 1 and "model.pt is not the one this run wrote" in r.output and "pwned" not in r.output
+    # one who rewrites metrics.json's record too still meets weights_only loading
+    m = json.loads((out / "metrics.json").read_text())
+    m["run"]["files"]["model.pt"] = hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()
+    (out / "metrics.json").write_text(json.dumps(m))
     r = runner.invoke(main, ["predict", str(out), __file__])
     assert r.exit_code == 1 and "refused by weights_only loading" in r.output and "pwned" not in r.output

@@ -92,7 +92,10 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Manifest":
         if d.get("format") != FORMAT:
             raise StoreCorruptError(f"{where} is not a vstore manifest (format={d.get('format')!r})", where)
-        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+        version = d.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise StoreCorruptError(f"{where} is malformed (format_version {str(version)[:40]!r})", where)
+        if version > FORMAT_VERSION:
             raise StoreCorruptError(
                 f"{where} has format version {d['format_version']}; this vstore reads up to "
                 f"{FORMAT_VERSION}. Upgrade vstore.", where)
