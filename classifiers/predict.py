@@ -17,6 +17,7 @@ from encoders.errors import VideoError
 from encoders.registry import encoder_for_store
 from encoders.video.sampling import sample_video
 from vstore.errors import VStoreError
+from vstore.fsutil import path_text
 
 from .config import TRAINED_MODELS
 from .models import ModelConfig, build_model, masked_mean
@@ -74,7 +75,7 @@ class Predictor:
             batch = {"pooled": masked_mean(x, valid)} if self.model_name == "linear" else {"frames": x, "valid": valid}
             logits = self.model(batch)
         probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
-        return Prediction(str(path), self.label_names[int(probs.argmax())],
+        return Prediction(path_text(path), self.label_names[int(probs.argmax())],
                           {n: float(p) for n, p in zip(self.label_names, probs)})
 
     def predict(self, paths: Sequence[str | Path]) -> list[Prediction]:
@@ -85,5 +86,5 @@ class Predictor:
                 out.append(self.predict_file(p))
             except (VideoError, VStoreError) as e:
                 log.warning("%s: %s", p, e)
-                out.append(Prediction(str(p), error=str(e)))
+                out.append(Prediction(path_text(p), error=path_text(str(e))))
         return out
