@@ -1,5 +1,5 @@
 """A small seeded fuzzer (issue 13): random mutations of manifest.json, segment bytes, labels files
-and CSV tables, each run through the CLI, asserting for every case:
+CSV tables and index/index.json, each run through the CLI, asserting for every case:
 
 * exit status 0, 1 or 3 only; exit 1 with exactly one ``Error:`` line; never a traceback;
 * no hang (a per-case time limit);
@@ -239,6 +239,40 @@ def test_fuzz_labels_and_csv_tables(world, tmp_path, tiny_video):
         assert outside_snapshot(root, store) == outside
         if r.exit_code != 1 and (store / "failures.csv").exists():
             (store / "failures.csv").read_text(encoding="utf-8")  # always valid UTF-8 once we wrote it
+
+
+@pytest.fixture(scope="module")
+def indexed_world(tmp_path_factory):
+    """The world with a flat FAISS index of its store (``vstore index``)."""
+    root = tmp_path_factory.mktemp("fuzz_indexed") / "w"
+    store, vectors = make_world(root)
+    r = CliRunner().invoke(main, ["index", str(store), "--kind", "flat"])
+    assert r.exit_code == 0, r.output
+    np.save(root / "q.npy", vectors["v3"][2])
+    return root, store, vectors
+
+
+def test_fuzz_index_json(indexed_world, tmp_path):
+    """index/index.json mutated structurally and byte-wise: search (which must never answer from
+    vectors the store does not hold) and index --refresh."""
+    pristine, _, vectors = indexed_world
+    rng = random.Random(1304)
+    meta = json.loads((pristine / "store" / "index" / "index.json").read_text())
+    for case in range(n_cases(40)):
+        root = tmp_path / f"c{case}"  # a new path per case: no index cached across cases
+        shutil.copytree(pristine, root, symlinks=True)
+        store = root / "store"
+        outside = outside_snapshot(root, store)
+        (store / "index" / "index.json").write_bytes(dump_json(mutate_json(meta, rng), rng))
+        r = run_case(["search", str(store), "--vector", str(root / "q.npy"), "-k", "1", "--json"])
+        if r.exit_code == 0:
+            hits = json.loads(r.output)["hits"]
+            assert not hits or (hits[0]["video_id"], hits[0]["frame_index"]) == ("v3", 2), f"case {case}: {hits}"
+        if case % 2:
+            run_case(["index", str(store), "--refresh"])
+        assert outside_snapshot(root, store) == outside
+        check_served_vectors(store, vectors)
+        shutil.rmtree(root)
 
 
 @pytest.fixture(scope="module")
