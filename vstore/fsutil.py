@@ -28,6 +28,9 @@ def inside(folder: str | Path, name: str, what: str = "file") -> Path:
             or pure.parts[:1] == ("~",)):
         raise StoreCorruptError(f"{folder}: {what} {name!r} points outside its folder; refused "
                                 f"(restore the file that lists it from a backup, or rebuild)", str(folder))
+    if any(len(os.fsencode(part)) > 255 for part in pure.parts):
+        raise StoreCorruptError(f"{folder}: {what} {name[:80]!r}... has a name longer than 255 bytes; refused",
+                                str(folder))
     path = folder / pure
     try:
         real, base = path.resolve(), folder.resolve()

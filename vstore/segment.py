@@ -250,6 +250,8 @@ class SegmentReader:
             size = self.path.stat().st_size
         except FileNotFoundError:
             raise StoreCorruptError(f"segment {where} listed in the manifest is missing", where) from None
+        except OSError as e:
+            raise StoreCorruptError(f"segment {where} cannot be read ({e.strerror or e})", where) from None
         if expected_bytes is not None and size != expected_bytes:
             raise StoreCorruptError(
                 f"segment {where} is {size} bytes, the manifest says {expected_bytes}: it was truncated "
