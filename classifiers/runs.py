@@ -45,7 +45,7 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1) + "\n").encode("utf-8")
 
 
-def _writable_out(out: Path) -> None:
+def check_out_dir(out: Path) -> None:
     """``--out`` may be new, empty or an earlier run; anything else is not ours to replace."""
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; choose a directory")
@@ -61,7 +61,7 @@ def save_run(out_dir: str | Path, cfg: TrainConfig, metrics: dict[str, Any], his
     is the old run or the new one, whole, whenever the process dies. ``metrics.json`` records
     a run id and the SHA-256 of every other file, which ``load_run`` checks."""
     out = Path(out_dir)
-    _writable_out(out)
+    check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for leftover in out.parent.glob(f"{TMP_PREFIX}run-{out.name}-*"):  # of a train killed while saving
         shutil.rmtree(leftover, ignore_errors=True)

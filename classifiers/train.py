@@ -152,7 +152,8 @@ def _baseline(store: Store, cfg: TrainConfig, train_ids: list[str], test_ids: li
 
 def run_training(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Train (or evaluate a baseline) on the store's split; write the run into ``out_dir``."""
-    from .runs import save_run
+    from .runs import check_out_dir, save_run
+    check_out_dir(Path(out_dir))  # before training, not after
     store = Store.open(store_path)
     split = load_split(store_path)
     ids = set(store.videos.ids)
