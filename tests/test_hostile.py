@@ -201,8 +201,10 @@ def test_13_orphan_segment_removed_by_compact_and_verify_repair(small_store, run
     r = runner.invoke(main, ["verify", str(small_store), "--repair"])
     assert r.exit_code == 0 and "removed 1 unlisted" in r.output and not orphan.exists()
     shutil.copy(small_store / read_manifest(small_store).segments[0].file, orphan)
+    older = small_store / "segments" / "00000001-cafebabe.h5"  # not from a later commit: not ours to delete
+    shutil.copy(orphan, older)
     assert runner.invoke(main, ["compact", str(small_store)]).exit_code == 0
-    assert not orphan.exists()
+    assert not orphan.exists() and older.exists()
     assert len(videos_of(small_store)) == 6
 
 

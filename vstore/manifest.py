@@ -149,8 +149,17 @@ def write_manifest(store_dir: Path, manifest: Manifest) -> None:
 
 
 def orphan_segments(store_dir: Path, manifest: Manifest) -> list[Path]:
-    """Segment files the manifest does not list: renamed by a commit (or a compaction) that
-    died before its manifest write. Only delete them while holding the write lock."""
+    """Segment files the manifest does not list, renamed by a commit (or a compaction) that died
+    before its manifest write: such a file is named after the generation it would have made,
+    so only unlisted files of a later generation than the manifest's count. (Older unlisted
+    files are not ours to delete: the manifest may have been replaced by an older copy.)
+    Only delete them while holding the write lock."""
     seg_dir = Path(store_dir) / SEGMENT_DIR
+    if not seg_dir.is_dir():
+        return []
     listed = {Path(s.file).name for s in manifest.segments}
-    return sorted(p for p in seg_dir.glob("*.h5") if p.name not in listed) if seg_dir.is_dir() else []
+
+    def later(name: str) -> bool:
+        head = name.split("-", 1)[0]
+        return head.isdigit() and int(head) > manifest.generation
+    return sorted(p for p in seg_dir.glob("*.h5") if p.name not in listed and later(p.name))
