@@ -70,12 +70,12 @@ def test_inside_refuses_every_way_out(tmp_path):
     (tmp_path / "d" / "ok.h5").write_bytes(b"")
     os.symlink(tmp_path, tmp_path / "d" / "up")
     assert inside(tmp_path / "d", "ok.h5") == tmp_path / "d" / "ok.h5"
-    for bad in ("../x", "/etc/passwd", "a/../../x", "", "up/x", "~/x", "a\0b", 5):
+    for bad in ("../x", "/etc/passwd", "a/../../x", "", ".", "./", "up/x", "~/x", "a\0b", 5, "x" * 300):
         with pytest.raises(Exception, match="outside|refused"):
             inside(tmp_path / "d", bad)
 
 
-@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink", "folder"])
 def test_1_verify_repair_never_moves_a_file_outside_the_store(small_store, tmp_path, runner, where):
     """Was: a segment entry `../x` or `/abs/x` made `verify --repair` move that file into
     quarantine/. Now: the entry is refused and dropped, the outside file stays where it is."""
@@ -86,11 +86,14 @@ def test_1_verify_repair_never_moves_a_file_outside_the_store(small_store, tmp_p
     if where == "symlink":
         (small_store / first["file"]).unlink()
         os.symlink(victim, small_store / first["file"])
+    elif where == "folder":  # was: `verify --repair` moved the whole segments/ folder into quarantine/
+        first["file"] = "segments"
+        (small_store / "manifest.json").write_text(json.dumps(m))
     else:
         first["file"] = "../precious.h5" if where == "parent" else str(victim)
         (small_store / "manifest.json").write_text(json.dumps(m))
     out = one_line_error(runner.invoke(main, ["info", str(small_store)]))
-    assert "outside" in out and "verify" in out
+    assert ("outside" in out or where == "folder") and "verify" in out
     r = runner.invoke(main, ["verify", str(small_store)])
     one_line_error(r)
     r = runner.invoke(main, ["verify", str(small_store), "--repair"])

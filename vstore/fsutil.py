@@ -36,7 +36,9 @@ def inside(folder: str | Path, name: str, what: str = "file") -> Path:
         real, base = path.resolve(), folder.resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop
         raise StoreCorruptError(f"{path}: cannot be resolved ({e}); refused", str(path)) from None
-    if real != base and base not in real.parents:
+    if real == base:
+        raise StoreCorruptError(f"{folder}: {what} {name!r} names the folder itself; refused", str(folder))
+    if base not in real.parents:
         raise StoreCorruptError(f"{folder}: {what} {name!r} leads outside its folder (to {real}) through a "
                                 f"symbolic link; refused", str(folder))
     return path

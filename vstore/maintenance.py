@@ -202,7 +202,7 @@ def verify(path: str | Path, repair: bool = False) -> VerifyReport:
             q = path / QUARANTINE_DIR
             q.mkdir(exist_ok=True)
             for src in inside_files.values():  # an entry pointing outside the store is only dropped
-                if src.exists():
+                if src.is_file() and not src.is_symlink():  # never a folder (`segments`) or a link
                     shutil.move(str(src), str(q / src.name))
             report.repaired = True
         return report
