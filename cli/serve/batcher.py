@@ -1,0 +1,133 @@
+"""Micro-batching: concurrent vector queries with equal parameters answered by one FAISS search.
+
+Request threads ``submit`` (key, item) and wait. Search threads take the oldest queued item
+and every other queued item with the same key (up to ``max_batch``) and run them as one
+(B, D) search. A search thread waits up to ``window_s`` for more queries only while other
+requests have announced themselves (``incoming``) and not yet submitted, so a lone query is
+answered at once: batching adds latency only when it has something to batch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any, Callable, Hashable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+class _Item:
+    __slots__ = ("key", "value", "done", "result", "error")
+
+    def __init__(self, key: Hashable, value: Any):
+        self.key, self.value = key, value
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class MicroBatcher:
+    """``run(key, values) -> results`` (one result per value, same order) on batches."""
+
+    def __init__(self, run: Callable[[Hashable, list], list], max_batch: int = 32, window_s: float = 0.0015,
+                 threads: int = 2):
+        assert max_batch >= 1 and threads >= 1
+        self.run, self.max_batch, self.window_s = run, max_batch, window_s
+        self._queue: deque[_Item] = deque()
+        self._cv = threading.Condition()
+        self._incoming = 0  # requests announced and not yet submitted
+        self._tickets = threading.local()  # the announcement of the request on this thread
+        self._closed = False
+        self.batches = 0  # statistics, for /api/info and the benchmark
+        self.queries = 0
+        self._threads = [threading.Thread(target=self._work, name=f"vstore-serve-search-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Wrap a request's work before ``submit`` (parsing, encoding): search threads holding
+        a partial batch wait (up to the window) for announced requests to submit."""
+        ticket = SimpleNamespace(open=True)
+        with self._cv:
+            self._incoming += 1
+        self._tickets.ticket = ticket
+        try:
+            yield
+        finally:
+            self._tickets.ticket = None
+            if ticket.open:
+                with self._cv:
+                    self._incoming -= 1
+                    self._cv.notify_all()
+
+    def submit(self, key: Hashable, value: Any) -> Any:
+        item = _Item(key, value)
+        ticket = getattr(self._tickets, "ticket", None)
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the search service is shutting down")
+            if ticket is not None and ticket.open:  # this request is no longer on its way
+                ticket.open = False
+                self._incoming -= 1
+            self._queue.append(item)
+            self._cv.notify_all()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _take(self) -> list[_Item] | None:
+        with self._cv:
+            while not self._queue and not self._closed:
+                self._cv.wait()
+            if self._closed and not self._queue:
+                return None
+            deadline = time.perf_counter() + self.window_s
+            while len(self._queue) < self.max_batch and self._incoming > 0:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            key = self._queue[0].key
+            batch, keep = [], deque()
+            while self._queue:
+                it = self._queue.popleft()
+                (batch if it.key == key and len(batch) < self.max_batch else keep).append(it)
+            self._queue = keep
+            if keep:
+                self._cv.notify_all()
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                results = self.run(batch[0].key, [it.value for it in batch])
+                assert len(results) == len(batch)
+                for it, r in zip(batch, results):
+                    it.result = r
+            except BaseException as e:
+                if len(batch) == 1:
+                    batch[0].error = e
+                else:  # one bad query must not fail the others: answer each alone
+                    for it in batch:
+                        try:
+                            it.result = self.run(it.key, [it.value])[0]
+                        except BaseException as e1:
+                            it.error = e1
+            with self._cv:
+                self.batches += 1
+                self.queries += len(batch)
+            for it in batch:
+                it.done.set()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
