@@ -83,18 +83,22 @@ class MicroBatcher:
 
     def _take(self) -> list[_Item] | None:
         with self._cv:
-            while not self._queue and not self._closed:
-                self._cv.wait()
-            if self._closed and not self._queue:
-                return None
-            deadline = time.perf_counter() + self.window_s
-            while len(self._queue) < self.max_batch and self._incoming > 0:
-                left = deadline - time.perf_counter()
-                if left <= 0:
+            while True:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._queue:
+                    return None
+                deadline = time.perf_counter() + self.window_s
+                while 0 < len(self._queue) < self.max_batch and self._incoming > 0:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+                if self._queue:  # another search thread may have taken them while we waited
                     break
-                self._cv.wait(left)
             key = self._queue[0].key
-            batch, keep = [], deque()
+            batch: list[_Item] = []
+            keep: deque[_Item] = deque()
             while self._queue:
                 it = self._queue.popleft()
                 (batch if it.key == key and len(batch) < self.max_batch else keep).append(it)

@@ -1,0 +1,311 @@
+"""`vstore serve`: a real uvicorn server on 127.0.0.1 (free port, in a thread) against tiny real
+stores (tiny CLIP, so text and image queries work); every route, every error, traversal
+attempts, the token, concurrent clients against the CLI's answers, a build committing while
+clients query."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from serve_helpers import build_clip_store, hit_keys, raw_get, same_hits
+
+from cli.main import main
+from cli.serve.app import BackgroundServer
+from cli.serve.config import ServeConfig
+from vstore import Store
+
+
+@pytest.fixture(scope="module")
+def clip_store(class_videos, tiny_clip_path, tmp_path_factory):
+    videos, labels = class_videos
+    return build_clip_store(videos, labels, tiny_clip_path, tmp_path_factory.mktemp("serve") / "store")
+
+
+@pytest.fixture(scope="module")
+def server(clip_store):
+    with BackgroundServer(clip_store, ServeConfig(port=0, device="cpu", poll_s=0.1)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def cli_hits(runner, store, *args) -> list[dict]:
+    r = runner.invoke(main, ["search", str(store), "--json", "--device", "cpu", *args])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)["hits"]
+
+
+def assert_error(r: httpx.Response, status: int, *words: str) -> None:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error"} and "Traceback" not in body["error"], body
+    for w in words:
+        assert w in body["error"], body
+
+
+def test_server_binds_localhost_and_serves_page_health_docs(server, client):
+    assert server.url.startswith("http://127.0.0.1:")
+    assert client.get("/healthz").json() == {"ok": True, "generation": 1}
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for src in ("/static/app.js", "/static/style.css"):
+        assert src in page.text and client.get(src).status_code == 200
+    assert "http" not in client.get("/static/app.js").text.replace("HTTP ", "")  # no CDN, nothing off-host
+    assert client.get("/openapi.json").json()["paths"]["/api/search"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_info_is_vstore_info_plus_index_state(server, client, clip_store, runner):
+    info = client.get("/api/info").json()
+    r = runner.invoke(main, ["info", str(clip_store), "--json"])
+    cli = json.loads(r.output)
+    for key in ("videos", "frames", "dim", "label_names", "label_counts", "generation", "encoder_id"):
+        assert info[key] == cli[key]
+    assert info["served_generation"] == 1 and info["index"]["state"] == "fresh"
+    assert info["index"]["generation"] == 1 and info["text_queries"] is True
+    assert "path" not in info  # the server does not tell clients where the store lives
+
+
+@pytest.mark.parametrize("body,args", [
+    ({"text": "a plate of pasta", "k": 5}, ["--text", "a plate of pasta", "-k", "5"]),
+    ({"text": "a red circle", "k": 4, "per_video": True, "labels": ["red_circle", "blue_stripes"]},
+     ["--text", "a red circle", "-k", "4", "--per-video", "--label", "red_circle", "--label", "blue_stripes"]),
+    ({"video": "green_square-01", "k": 6}, ["--video", "green_square-01", "-k", "6"]),
+    ({"video": "green_square-01", "level": "video", "k": 3, "exclude": ["green_square-01"]},
+     ["--video", "green_square-01", "--level", "video", "-k", "3", "--exclude-video", "green_square-01"]),
+])
+def test_search_equals_the_cli(client, clip_store, runner, body, args):
+    r = client.post("/api/search", json=body)
+    assert r.status_code == 200, r.text
+    res = r.json()
+    assert res["took_ms"] > 0 and res["generation"] == 1
+    cli = cli_hits(runner, clip_store, *args)
+    assert same_hits(res["hits"], cli) and len(cli) == body["k"]
+    h = res["hits"][0]
+    assert set(h) == {"rank", "video_id", "frame_index", "timestamp", "score", "label", "thumbnail_url", "video_url"}
+    assert h["video_url"] == f"/api/videos/{h['video_id']}/file"
+
+
+def test_frame_vector_and_image_queries(client, clip_store, runner, tmp_path):
+    with Store.open(clip_store) as s:
+        vid = s.videos.ids[3]
+        fi, _ = s.get_frames(vid)
+        vec = s.get_embeddings(vid, dtype=np.float32)[1]
+    r = client.post("/api/search", json={"video": vid, "frame": int(fi[1]), "k": 3}).json()
+    assert r["hits"][0]["video_id"] == vid and r["hits"][0]["frame_index"] == fi[1]
+    v = client.post("/api/search", json={"vector": vec.tolist(), "k": 3}).json()
+    assert hit_keys(v["hits"]) == hit_keys(r["hits"])
+    # an image query: a thumbnail the server made, uploaded back as multipart
+    jpeg = client.get(r["hits"][0]["thumbnail_url"]).content
+    (tmp_path / "q.jpg").write_bytes(jpeg)
+    up = client.post("/api/search", files={"image": ("q.jpg", jpeg, "image/jpeg")}, data={"k": "4", "per_video": "true"})
+    assert up.status_code == 200, up.text
+    assert same_hits(up.json()["hits"], cli_hits(runner, clip_store, "--image", str(tmp_path / "q.jpg"), "-k", "4",
+                                                 "--per-video"))
+
+
+def test_video_route_thumbnails_and_range_requests(client, clip_store):
+    from PIL import Image
+    with Store.open(clip_store) as s:
+        vid = s.videos.ids[0]
+        fi, ts = s.get_frames(vid)
+        source = s.videos.sources[0]
+    v = client.get(f"/api/videos/{vid}").json()
+    assert v["video_id"] == vid and [f["index"] for f in v["frames"]] == fi.tolist()
+    assert [f["timestamp"] for f in v["frames"]] == pytest.approx(ts.tolist())
+    assert v["source_available"] and v["source"] == source.rsplit("/", 1)[1] and "/" not in v["source"]
+    t = client.get(v["frames"][1]["thumbnail_url"])
+    assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"
+    assert t.headers["x-vstore-frame-source"] == "video"
+    assert Image.open(io.BytesIO(t.content)).size[0] > 32  # decoded from the video, not the 32 px key frame
+    assert client.get(v["frames"][1]["thumbnail_url"]).content == t.content  # cached
+    whole = client.get(v["video_url"])
+    assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
+    with open(source, "rb") as f:
+        data = f.read()
+    assert whole.content == data and whole.headers.get("accept-ranges") == "bytes"
+    part = client.get(v["video_url"], headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    assert_error(client.get(f"/api/videos/{vid}/frames/{int(fi[0]) + 1}.jpg"), 404, "no sampled frame")
+    assert_error(client.get(f"/api/videos/{vid}/frames/abc.jpg"), 422)
+    assert_error(client.get("/api/videos/nope"), 404, "nope")
+    assert_error(client.get("/api/videos/nope/file"), 404)
+    assert_error(client.get("/api/videos/nope/frames/0.jpg"), 404)
+
+
+def test_key_frame_when_the_source_video_is_gone(class_videos, tiny_clip_path, tmp_path):
+    videos, labels = class_videos
+    store = build_clip_store(videos, labels, tiny_clip_path, tmp_path / "store", frames=2)
+    with Store.open(store) as s:
+        vid, source = s.videos.ids[0], s.videos.sources[0]
+        frame = int(s.get_frames(vid)[0][0])
+    shutil.move(source, tmp_path / "moved.mp4")
+    with BackgroundServer(store, ServeConfig(port=0, device="cpu")) as srv, httpx.Client(base_url=srv.url) as c:
+        t = c.get(f"/api/videos/{vid}/frames/{frame}.jpg")
+        assert t.status_code == 200 and t.headers["x-vstore-frame-source"] == "key frame"
+        assert c.get(f"/api/videos/{vid}").json()["source_available"] is False
+        assert_error(c.get(f"/api/videos/{vid}/file"), 404, "no longer where the store recorded it")
+
+
+def test_every_bad_request_is_a_4xx_with_a_message(client):
+    post = lambda body, **kw: client.post("/api/search", content=body, headers={"content-type": "application/json"},
+                                          **kw)
+    assert_error(post(b"{nope"), 400, "not valid JSON")
+    assert_error(post(b"[1, 2]"), 400, "JSON object")
+    assert_error(post(b"\xff\xfe"), 400, "not valid JSON")
+    assert_error(client.post("/api/search", json={}), 400, "exactly one query")
+    assert_error(client.post("/api/search", json={"text": "a", "video": "b"}), 400, "exactly one query")
+    assert_error(client.post("/api/search", json={"text": "a", "k": 0}), 400, "k must be in 1..1000")
+    assert_error(client.post("/api/search", json={"text": "a", "k": 1001}), 400, "k must be in 1..1000")
+    assert_error(client.post("/api/search", json={"text": "a", "k": "ten"}), 400, "k must be an integer")
+    assert_error(client.post("/api/search", json={"text": "   "}), 400, "non-empty")
+    assert_error(client.post("/api/search", json={"text": "a", "colour": 1}), 400, "unknown field(s) colour")
+    assert_error(client.post("/api/search", json={"text": "a", "level": "scene"}), 400, "level must be")
+    assert_error(client.post("/api/search", json={"text": "a", "labels": ["nolabel"]}), 400, "unknown label(s) nolabel")
+    assert_error(client.post("/api/search", json={"text": "a", "split": "test"}), 400, "split")
+    assert_error(client.post("/api/search", json={"text": "a", "split": "later"}), 400, "split must be")
+    assert_error(client.post("/api/search", json={"video": "no-such-video"}), 404, "no-such-video")
+    assert_error(client.post("/api/search", json={"video": "green_square-01", "frame": 9999}), 400, "no sampled frame")
+    assert_error(client.post("/api/search", json={"text": "a", "frame": 2}), 400, "frame needs video")
+    assert_error(client.post("/api/search", json={"vector": [1.0, 2.0]}), 400, "expected a (64,)")
+    assert_error(client.post("/api/search", json={"vector": [0.0] * 64}), 400, "all zeros")
+    assert_error(client.post("/api/search", json={"vector": ["a"] * 64}), 400, "list of numbers")
+    assert_error(client.post("/api/search", json={"text": "a", "exclude": "x"}), 404, "'x'")
+    assert_error(client.post("/api/search", files={"image": ("x.png", b"not an image", "image/png")}), 400,
+                 "not an image")
+    assert_error(client.post("/api/search", files={"picture": ("x.png", b"\x89PNG", "image/png")}), 400,
+                 "file field `image`")
+    assert_error(client.post("/api/search", files={"image": ("x.png", b"", "image/png")}), 400, "empty")
+    assert_error(client.post("/api/search", content=b"text=a", headers={"content-type": "text/plain"}), 415)
+    assert_error(post(json.dumps({"vector": [0.5] * 300_000}).encode()), 413, "larger than")
+    big = client.post("/api/search", files={"image": ("x.png", b"\0" * (17 << 20), "image/png")})
+    assert_error(big, 413, "larger than")
+    assert_error(client.get("/api/search"), 405)
+    assert_error(client.get("/api/nothing"), 404, "no such route")
+
+
+def test_path_traversal_attempts_never_reach_the_filesystem(server):
+    for path in ["/api/videos/..%2F..%2F..%2Fetc%2Fpasswd/file", "/api/videos/%2Fetc%2Fpasswd/file",
+                 "/api/videos/../../../../etc/passwd", "/api/videos/%2e%2e%2f%2e%2e%2fetc%2fpasswd/file",
+                 "/api/videos/..%5c..%5cetc%5cpasswd/file", "/static/..%2F..%2Fapp.py", "/static/../app.py",
+                 "/static/%2Fetc%2Fpasswd", "/static/index.html/../../config.py", "//etc/passwd",
+                 "/api/videos/green_square-01/frames/..%2F..%2F1.jpg", "/api/videos/%00/file"]:
+        status, body = raw_get(server.url, path)
+        assert status in (400, 404), (path, status, body)
+        assert "root:" not in json.dumps(body) and "ServeConfig" not in json.dumps(body), path
+
+
+def test_token_required_and_refused(clip_store):
+    token = "s3cret-token-123"
+    cfg = ServeConfig(port=0, device="cpu", token=token)
+    with BackgroundServer(clip_store, cfg) as srv, httpx.Client(base_url=srv.url) as c:
+        for route in ("/healthz", "/api/info", "/", "/docs", "/openapi.json", "/api/videos/green_square-01"):
+            assert_error(c.get(route), 401, "Authorization: Bearer")
+            assert_error(c.get(route, headers={"Authorization": "Bearer wrong-token-123"}), 401)
+            assert c.get(route, headers={"Authorization": f"Bearer {token}"}).status_code == 200, route
+        assert_error(c.post("/api/search", json={"text": "a"}), 401)
+        ok = c.post("/api/search", json={"text": "a"}, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200
+        assert_error(c.get("/?token=wrong-token-123"), 401)
+        r = c.get(f"/?token={token}", follow_redirects=False)  # the page: a cookie for its own requests
+        assert r.status_code == 303 and "httponly" in r.headers["set-cookie"].lower()
+        assert c.get("/api/info").status_code == 200  # the client kept the cookie
+    with pytest.raises(ValueError, match="at least 8"):
+        ServeConfig(token="short")
+
+
+def test_text_query_on_a_thumbnail_store_is_a_400(store_copy):
+    from vstore.index import build_index
+    build_index(store_copy)
+    with BackgroundServer(store_copy, ServeConfig(port=0, device="cpu")) as srv, httpx.Client(base_url=srv.url) as c:
+        assert_error(c.post("/api/search", json={"text": "a cat"}), 400, "no text encoder")
+        assert c.get("/api/info").json()["text_queries"] is False
+        assert c.post("/api/search", json={"video": "red_circle-00", "k": 2}).status_code == 200
+
+
+def test_8_concurrent_clients_x_100_queries_equal_the_cli(server, clip_store, runner, tmp_path):
+    with Store.open(clip_store) as s:
+        ids = s.videos.ids
+    queries = [({"video": ids[i], "k": 5}, ["--video", ids[i], "-k", "5"]) for i in range(0, 16, 3)]
+    queries += [({"video": ids[1], "k": 4, "per_video": True, "labels": ["red_circle"]},
+                 ["--video", ids[1], "-k", "4", "--per-video", "--label", "red_circle"]),
+                ({"text": "a yellow cross", "k": 3}, ["--text", "a yellow cross", "-k", "3"])]
+    expected = [cli_hits(runner, clip_store, *args) for _, args in queries]
+    batches_before = server.app.state.backend.batcher.batches
+
+    def client_run(c: int) -> list[str]:
+        bad = []
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for i in range(100):
+                qi = (c * 7 + i) % len(queries)
+                r = http.post("/api/search", json=queries[qi][0])
+                if r.status_code != 200 or not same_hits(r.json()["hits"], expected[qi]):
+                    bad.append(f"client {c} query {i}: {r.status_code} {r.text[:200]}")
+        return bad
+
+    with ThreadPoolExecutor(8) as pool:
+        failures = [f for bad in pool.map(client_run, range(8)) for f in bad]
+    assert not failures, failures[:5]
+    b = server.app.state.backend.batcher
+    assert b.queries >= 800 and b.batches - batches_before <= 800  # some queries shared a FAISS search
+
+
+def test_a_build_committing_while_clients_query(class_videos, tiny_clip_path, tmp_path):
+    from encoders.build import BuildConfig, build_store
+    from encoders.registry import load_encoder
+    from vstore.labels import load_labels
+    videos, labels = class_videos
+    first = tmp_path / "first"
+    first.mkdir()
+    for p in sorted(videos.glob("*.mp4"))[:8]:
+        shutil.copy(p, first / p.name)
+    store = build_clip_store(first, labels, tiny_clip_path, tmp_path / "store", frames=3)
+    later = [p for p in sorted(videos.glob("*.mp4"))[8:]]
+    stop = threading.Event()
+    failures: list[str] = []
+    counts = [0] * 4
+    with BackgroundServer(store, ServeConfig(port=0, device="cpu", poll_s=0.05)) as srv:
+        def query(c: int) -> None:
+            with httpx.Client(base_url=srv.url, timeout=60) as http:
+                while not stop.is_set():
+                    r = http.post("/api/search", json={"text": "a red circle", "k": 5, "per_video": True})
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code} {r.text[:300]}")
+                    counts[c] += 1
+        threads = [threading.Thread(target=query, args=(c,)) for c in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            new = tmp_path / "new"
+            new.mkdir()
+            for p in later:
+                shutil.copy(p, new / p.name)
+            build_store([new], store, load_encoder(f"clip:{tiny_clip_path}", device="cpu"),
+                        labels=load_labels(labels), config=BuildConfig(frames=3, workers=0), progress=False)
+            with httpx.Client(base_url=srv.url, timeout=60) as http:
+                newest = later[-1].stem
+                # wait (on the condition, not a clock) for the server to serve the new generation
+                while http.get("/api/info").json()["index"]["videos"] < 16:
+                    assert not failures, failures[:3]
+                    threading.Event().wait(0.05)
+                r = http.post("/api/search", json={"video": newest, "k": 1, "level": "video"})
+                assert r.status_code == 200 and r.json()["hits"][0]["video_id"] == newest
+                info = http.get("/api/info").json()
+                assert info["videos"] == 16 and info["index"]["state"] == "fresh"
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+    assert not failures, failures[:3]
+    assert min(counts) > 0
