@@ -28,7 +28,7 @@ async function loadInfo() {
     const info = await api("/api/info");
     state.info = info;
     $("#store-name").textContent = info.name;
-    $("#store-stats").textContent = `${info.videos} videos · ${info.frames} frames · ${info.encoder || "?"} · ` +
+    $("#store-stats").textContent = `${info.videos} videos · ${info.frames} frames · ${(info.encoder || "?").replace(/^(clip:).*\//, "$1")} · ` +
       `generation ${info.served_generation}` + (info.index && info.index.state !== "fresh" ? " · index stale" : "");
     const box = $("#labels");
     box.textContent = "";
