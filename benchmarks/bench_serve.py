@@ -1,0 +1,249 @@
+"""Benchmark: `vstore serve` latency and throughput for vector (and text) queries.
+
+A store of N synthetic 512-d frame vectors (bench_index's clustered generator, 100 frames
+per video) whose recorded encoder is a ViT-B/32-sized CLIP with random weights (so text
+queries run the real text tower), indexed with `vstore index`'s `auto`. Held-out query
+vectors are sent as JSON over keep-alive HTTP connections to servers started as separate
+processes on 127.0.0.1:
+
+* batched: `vstore serve`'s defaults (micro-batching up to 32, 2 search threads);
+* parallel: no batching (max_batch 1), 8 search threads;
+* one-at-a-time: no batching, one search thread (queries are answered one after another).
+
+Per round (rounds interleaved, order rotated): 1 client sending queries one after another
+(p50/p99 latency, queries/s) and 8 concurrent clients (queries/s, p50/p99), for every
+server. Also `vstore search --vector q.npy` as one process per query on the same store, and
+text queries (server latency minus the text encoder's own time on the same prompts).
+
+Goals (issue 11): p50 <= 10 ms at 1 client and >= 50x faster than the CLI; 8 clients >= 2x
+the queries/s of one-at-a-time serving; text = encoder + at most 10 ms.
+
+    python benchmarks/bench_serve.py --frames 172800 1000000   # the issue's sizes
+    python benchmarks/bench_serve.py --quick                   # 20k frames, 1 round (a smoke run)
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+from bench_build import clip_checkpoint
+from bench_index import Clustered
+
+ROOT = common.ROOT.parent
+MODES = {"batched": {}, "parallel": {"max_batch": 1, "search_threads": 8},
+         "one-at-a-time": {"max_batch": 1, "search_threads": 1}}
+PROMPTS = ["a plate of pasta", "a red car on a road", "a cat on a sofa", "people dancing", "a mountain lake",
+           "a football match", "a chef cooking", "a city at night", "a dog running", "a beach at sunset"]
+
+
+def make_store(n: int, dim: int = 512, per_video: int = 100) -> Path:
+    from vstore import Store, StoreConfig, StoreWriter, VideoEntry
+    from vstore.index import build_index
+    path = common.out_dir("serve") / f"store-{n}"
+    if (path / "index" / "index.json").is_file():
+        with Store.open(path) as s:
+            if s.n_frames == n:
+                return path
+    shutil.rmtree(path, ignore_errors=True)
+    from encoders.clip_encoder import ClipConfig, ClipEncoder
+    identity = ClipEncoder(ClipConfig(model=str(clip_checkpoint()), device="cpu")).identity
+    x = Clustered(dim).draw(n, seed=1)
+    t = time.perf_counter()
+    Store.create(path, StoreConfig(segment_videos=512)).close()
+    with StoreWriter(path, identity) as w:
+        for v, a in enumerate(range(0, n, per_video)):
+            emb = x[a:a + per_video]
+            w.add(VideoEntry(id=f"v{v:06d}", embeddings=emb, frame_index=np.arange(len(emb)) * 30,
+                             timestamp=np.arange(len(emb)) * 1.2, label=f"c{v % 10}"))
+    r = build_index(path)
+    print(f"store {n} frames written and indexed ({r.factory}) in {time.perf_counter() - t:.0f} s", flush=True)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, store: Path, **config: Any):
+        self.port = free_port()
+        cfg = dict(port=self.port, device="cpu", **config)
+        code = ("import sys; sys.path.insert(0, %r); from cli.serve.app import serve; "
+                "from cli.serve.config import ServeConfig; serve(%r, ServeConfig(**%r))") % (str(ROOT), str(store), cfg)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while True:  # started when /healthz answers
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server failed: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                status, _ = self.post("/healthz", None)
+                if status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+
+    def post(self, path: str, body: bytes | None, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        if body is None:
+            c.request("GET", path)
+        else:
+            c.request("POST", path, body=body, headers={"content-type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        if conn is None:
+            c.close()
+        return r.status, data
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def run_clients(server: Server, bodies: list[bytes], clients: int) -> dict[str, float]:
+    """Every body once, spread over ``clients`` threads with one keep-alive connection each."""
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def work(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        mine = []
+        for b in bodies[c::clients]:
+            t = time.perf_counter()
+            status, data = server.post("/api/search", b, conn)
+            mine.append(time.perf_counter() - t)
+            if status != 200:
+                errors.append(data[:200].decode())
+        conn.close()
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t
+    assert not errors, errors[:3]
+    ms = np.array(lat) * 1000
+    return {"qps": len(bodies) / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def cli_seconds(store: Path, q: np.ndarray, repeats: int) -> float:
+    qpath = common.out_dir("serve") / "q.npy"
+    np.save(qpath, q)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cli.main", "search", str(store), "--vector", str(qpath), "-k", "10",
+                        "--json"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def text_overhead(server: Server, rounds: int) -> dict[str, float]:
+    from encoders.clip_encoder import ClipConfig, ClipEncoder
+    enc = ClipEncoder(ClipConfig(model=str(clip_checkpoint()), device="cpu"))
+    served, alone = [], []
+    enc.encode_text(["warm up"])
+    assert server.post("/api/search", json.dumps({"text": "warm up", "k": 10}).encode())[0] == 200
+    for r in range(rounds):
+        for i, p in enumerate(PROMPTS):
+            prompt = f"{p} {r}"
+            for first in ((0, 1) if i % 2 else (1, 0)):  # alternate which is timed first
+                t = time.perf_counter()
+                if first:
+                    status, _ = server.post("/api/search", json.dumps({"text": prompt, "k": 10}).encode())
+                    assert status == 200
+                    served.append(time.perf_counter() - t)
+                else:
+                    enc.encode_text([prompt])
+                    alone.append(time.perf_counter() - t)
+    s, a = statistics.median(served) * 1000, statistics.median(alone) * 1000
+    return {"text_query_p50_ms": s, "encode_text_p50_ms": a, "overhead_ms": s - a}
+
+
+def bench_size(n: int, args) -> dict[str, Any]:
+    store = make_store(n)
+    gen = Clustered(512)
+    q = gen.draw(args.queries, seed=7)
+    bodies = [json.dumps({"vector": [round(float(v), 6) for v in row], "k": 10}).encode() for row in q]
+    out: dict[str, Any] = {"frames": n}
+    with open(store / "index" / "index.json") as f:
+        out["index"] = json.load(f)["frame_part"]["factory"]
+    out["cli_s"] = cli_seconds(store, q[0], 3 if not args.quick else 2)
+    print(f"[{n}] index {out['index']}; `vstore search` per process: {out['cli_s']:.2f} s", flush=True)
+    servers = {m: Server(store, **cfg) for m, cfg in MODES.items()}
+    try:
+        for s in servers.values():  # warm: first queries page the index in
+            run_clients(s, bodies[:20], 1)
+        rounds: dict[str, list[dict]] = {f"{m}/{c}": [] for m in MODES for c in (1, 8)}
+        names = list(MODES)
+        for r in range(args.repeats):
+            for m in names[r % len(names):] + names[:r % len(names)]:
+                rounds[f"{m}/1"].append(run_clients(servers[m], bodies[:args.single], 1))
+                rounds[f"{m}/8"].append(run_clients(servers[m], bodies, 8))
+                print(f"[{n}] round {r} {m}: 1 client p50 {rounds[f'{m}/1'][-1]['p50_ms']:.2f} ms; "
+                      f"8 clients {rounds[f'{m}/8'][-1]['qps']:.0f} q/s", flush=True)
+        out["rounds"] = rounds
+        summary = {key: {k: statistics.median(x[k] for x in v) for k in v[0]} for key, v in rounds.items()}
+        out["summary"] = summary
+        out["ratio_8c_batched_vs_one_at_a_time"] = statistics.median(
+            b["qps"] / o["qps"] for b, o in zip(rounds["batched/8"], rounds["one-at-a-time/8"]))
+        out["ratio_8c_batched_vs_parallel"] = statistics.median(
+            b["qps"] / o["qps"] for b, o in zip(rounds["batched/8"], rounds["parallel/8"]))
+        out["cli_over_p50"] = out["cli_s"] * 1000 / summary["batched/1"]["p50_ms"]
+        if not args.no_text:
+            out["text"] = text_overhead(servers["batched"], 1 if args.quick else 2)
+        b = servers["batched"].post("/api/info", None)[1]
+        out["server_batches"] = json.loads(b)["server"]
+    finally:
+        for s in servers.values():
+            s.close()
+    return out
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0], repeats=3)
+    p.add_argument("--frames", type=int, nargs="+", default=[172_800, 1_000_000], help="store sizes (frames)")
+    p.add_argument("--queries", type=int, default=800, help="queries per 8-client burst")
+    p.add_argument("--single", type=int, default=200, help="queries per 1-client run")
+    p.add_argument("--no-text", action="store_true", help="skip the text-query measurement")
+    args = p.parse_args()
+    if args.quick:
+        args.frames, args.queries, args.single, args.repeats = [20_000], 200, 60, 1
+    result: dict[str, Any] = {"loadavg_at_start": common.load_average(), "sizes": []}
+    for n in args.frames:
+        r = bench_size(n, args)
+        result["sizes"].append(r)
+        common.save("bench_serve" + ("_quick" if args.quick else ""), result)
+        s = r["summary"]
+        common.table([[m, s[f"{m}/1"]["p50_ms"], s[f"{m}/1"]["p99_ms"], s[f"{m}/1"]["qps"], s[f"{m}/8"]["p50_ms"],
+                       s[f"{m}/8"]["p99_ms"], s[f"{m}/8"]["qps"]] for m in MODES],
+                     ["server", "1c p50 ms", "1c p99 ms", "1c q/s", "8c p50 ms", "8c p99 ms", "8c q/s"])
+        common.verdict(f"[{n}] CLI per process / served p50 (1 client)", r["cli_over_p50"], 50, True)
+        common.verdict(f"[{n}] 8 clients: batched q/s / one-at-a-time q/s", r["ratio_8c_batched_vs_one_at_a_time"], 2,
+                       True)
+        print(f"[{n}] p50 at 1 client: {s['batched/1']['p50_ms']:.2f} ms (goal <= 10 ms)")
+        if "text" in r:
+            print(f"[{n}] text query p50 {r['text']['text_query_p50_ms']:.1f} ms = encoder "
+                  f"{r['text']['encode_text_p50_ms']:.1f} ms + {r['text']['overhead_ms']:.1f} ms (goal <= 10 ms)")
+
+
+if __name__ == "__main__":
+    main()
