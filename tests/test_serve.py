@@ -309,3 +309,25 @@ def test_a_build_committing_while_clients_query(class_videos, tiny_clip_path, tm
                 t.join()
     assert not failures, failures[:3]
     assert min(counts) > 0
+
+
+def test_no_refresh_reports_a_stale_index_and_serves_the_last_indexed_generation(tmp_path):
+    from test_index import vector_store
+
+    from vstore.index import build_index
+    store = vector_store(tmp_path / "s", n_videos=20, frames=5)
+    build_index(store)
+    with BackgroundServer(store, ServeConfig(port=0, refresh=False, poll_s=0.05)) as srv, \
+            httpx.Client(base_url=srv.url) as c:
+        first = c.get("/api/info").json()["served_generation"]
+        vector_store(store, n_videos=5, frames=5, first=20)  # a build commits; the index is now stale
+        while (info := c.get("/api/info").json())["index"]["state"] != "stale":
+            threading.Event().wait(0.05)
+        assert info["served_generation"] == first and "vstore index" in info["index"]["problem"]
+        assert_error(c.post("/api/search", json={"video": "v021", "k": 1}), 404, "v021")  # not served yet
+        assert c.post("/api/search", json={"video": "v001", "k": 1}).status_code == 200
+        build_index(store)  # `vstore index`: the server picks the new generation up
+        while (info := c.get("/api/info").json())["index"]["state"] != "fresh" or info["served_generation"] == first:
+            threading.Event().wait(0.05)
+        r = c.post("/api/search", json={"video": "v021", "k": 1, "level": "video"}).json()
+        assert r["hits"][0]["video_id"] == "v021" and r["generation"] > first
