@@ -50,7 +50,7 @@ PROMPTS = ["a plate of pasta", "a red car on a road", "a cat on a sofa", "people
 
 def make_store(n: int, dim: int = 512, per_video: int = 100) -> Path:
     from vstore import Store, StoreConfig, StoreWriter, VideoEntry
-    from vstore.index import build_index
+    from vstore.index_build import build_index
     path = common.out_dir("serve") / f"store-{n}"
     if (path / "index" / "index.json").is_file():
         with Store.open(path) as s:

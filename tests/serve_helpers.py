@@ -14,7 +14,7 @@ def build_clip_store(videos: Path, labels: Path, clip_path: Path, dst: Path, fra
     """A store of ``videos`` (copied next to it, so tests may delete sources) by a tiny CLIP, indexed."""
     from encoders.build import BuildConfig, build_store
     from encoders.registry import load_encoder
-    from vstore.index import build_index
+    from vstore.index_build import build_index
     from vstore.labels import load_labels
     src = dst.parent / f"{dst.name}-videos"
     shutil.copytree(videos, src)

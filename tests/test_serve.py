@@ -226,7 +226,7 @@ def test_token_required_and_refused(clip_store):
 
 
 def test_text_query_on_a_thumbnail_store_is_a_400(store_copy):
-    from vstore.index import build_index
+    from vstore.index_build import build_index
     build_index(store_copy)
     with BackgroundServer(store_copy, ServeConfig(port=0, device="cpu")) as srv, httpx.Client(base_url=srv.url) as c:
         assert_error(c.post("/api/search", json={"text": "a cat"}), 400, "no text encoder")
@@ -314,7 +314,7 @@ def test_a_build_committing_while_clients_query(class_videos, tiny_clip_path, tm
 def test_no_refresh_reports_a_stale_index_and_serves_the_last_indexed_generation(tmp_path):
     from test_index import vector_store
 
-    from vstore.index import build_index
+    from vstore.index_build import build_index
     store = vector_store(tmp_path / "s", n_videos=20, frames=5)
     build_index(store)
     with BackgroundServer(store, ServeConfig(port=0, refresh=False, poll_s=0.05)) as srv, \

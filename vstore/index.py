@@ -70,6 +70,18 @@ class IndexConfig:
     # auto: exact Flat search up to this many vectors (FAISS guideline: ~1M). Below it a
     # query scans everything (~0.1-0.3 s per query at 500k x 512 on 2 cores); above, IVF.
     flat_max: int = 500_000
+    # auto, from this many vectors up to flat_max: choose Flat or IVF by measurement, as
+    # autofaiss does: both are built on a sample of auto_sample rows, searched one query at
+    # a time with auto_queries held-out stored rows; IVF wins when its recall@10 against
+    # Flat is >= auto_recall and its latency, scaled to the store's size (Flat ~ N, IVF ~
+    # sqrt(N)), is lower. Below: Flat.
+    auto_measure_min: int = 100_000
+    auto_sample: int = 50_000
+    auto_queries: int = 200
+    auto_recall: float = 0.95
+    # What that measurement chose ("flat" | "ivf"; "" = not measured), recorded in index.json
+    # so appends keep the choice; above flat_max auto is IVF whatever it says.
+    auto_choice: str = ""
     # auto: beyond this many vectors the IVF lists hold PQ codes (D/8 bytes per vector)
     # instead of full vectors, so 10M+ frames fit in memory. Recall drops a few points.
     pq_min: int = 10_000_000
@@ -119,6 +131,13 @@ class IndexConfig:
         for name in ("nprobe", "ef_search"):
             if int(getattr(self, name)) > MAX_BEAM:
                 raise ValueError(f"{name} must be <= {MAX_BEAM}, got {getattr(self, name)}")
+        for name in ("auto_measure_min", "auto_sample", "auto_queries"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.auto_choice not in ("", "flat", "ivf"):
+            raise ValueError(f"auto_choice must be '', 'flat' or 'ivf', got {self.auto_choice!r}")
+        if not 0.0 <= float(self.auto_recall) <= 1.0:
+            raise ValueError(f"auto_recall must be in 0..1, got {self.auto_recall}")
         if int(self.nlist) < 0:
             raise ValueError(f"nlist must be >= 0 (0 = automatic), got {self.nlist}")
 
@@ -150,7 +169,7 @@ def factory_for(config: IndexConfig, n: int, d: int, *, for_videos: bool = False
     if kind not in KINDS and for_videos:
         kind = "auto"
     if kind == "auto":
-        if n <= config.flat_max:
+        if n <= config.flat_max and (config.auto_choice != "ivf" or for_videos):
             return "Flat"
         kind = "ivf"
     if kind == "flat":

@@ -29,6 +29,7 @@ from .index import (
     IndexConfig,
     IndexMeta,
     IndexPart,
+    auto_nlist,
     content_digests,
     factory_for,
     index_dir,
@@ -41,7 +42,7 @@ from .index import (
     train,
     train_rows_for,
 )
-from .index_faiss import prepare
+from .index_faiss import ivf_of, prepare
 from .manifest import read_manifest
 from .segment import file_sha256
 from .store import LOCK_NAME, Store
@@ -82,6 +83,45 @@ def sample_rows(store: Store, rows: np.ndarray, block_rows: int) -> np.ndarray:
             break
     assert filled == len(rows), (filled, len(rows))
     return out
+
+
+def measure_auto(store: Store, config: IndexConfig) -> tuple[str, str]:
+    """(kind "flat" | "ivf", why) for ``kind=auto`` on a store of ``auto_measure_min`` to
+    ``flat_max`` frames, measured on a sample (see ``IndexConfig.auto_measure_min``)."""
+    n, d = store.n_frames, int(store.dim)
+    rng = np.random.default_rng(config.seed)
+    m = min(n, config.auto_sample + config.auto_queries)
+    picked = np.sort(rng.choice(n, m, replace=False))
+    x = prepare(sample_rows(store, picked, config.block_rows), config.metric)  # (m, D)
+    held_out = rng.permutation(m)[:min(config.auto_queries, m // 10)]
+    q, base = x[held_out], np.delete(x, held_out, axis=0)  # queries are not in the indexed sample
+    k = min(10, len(base))
+    flat = new_index(config, "Flat", d)
+    flat.add(base)
+    nlist = auto_nlist(len(base), config)
+    ivf = new_index(config, f"IVF{nlist},Flat", d)
+    train(ivf, base[np.random.default_rng(config.seed).permutation(len(base))[:train_rows_for(ivf, config, len(base))]])
+    ivf.add(base)
+    ivf_of(ivf).nprobe = min(config.nprobe, nlist)
+
+    def one_at_a_time(index: faiss.Index) -> tuple[float, np.ndarray]:
+        found, times = [], []
+        for row in q:
+            t = time.perf_counter()
+            found.append(index.search(row[None], k)[1][0])
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)), np.array(found)
+
+    t_flat, truth = one_at_a_time(flat)
+    t_ivf, got = one_at_a_time(ivf)
+    recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)]))
+    scale = n / len(base)
+    flat_ms, ivf_ms = 1000 * t_flat * scale, 1000 * t_ivf * np.sqrt(scale)
+    why = (f"auto measured on {len(base)} rows, {len(q)} held-out queries: IVF recall@{k} {recall:.3f} at nprobe "
+           f"{ivf_of(ivf).nprobe}, {ivf_ms:.2f} ms per query vs Flat {flat_ms:.2f} ms (scaled to {n} rows)")
+    kind = "ivf" if recall >= config.auto_recall and ivf_ms < flat_ms else "flat"
+    log.info("%s: %s", why, kind)
+    return kind, f"{why}: {kind}"
 
 
 class _MeanAccumulator:
@@ -302,6 +342,9 @@ def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *,
                 f_factory, v_factory = meta.frame_part.factory, meta.video_part.factory
             else:
                 log.info("building the index of %s (%s)", store_path, reason)
+                if config.kind == "auto" and config.auto_measure_min <= store.n_frames <= config.flat_max:
+                    kind, why = measure_auto(store, config)
+                    config, reason = replace(config, auto_choice=kind), f"{reason}; {why}"
                 frames, videos, trained = _new_parts(store, config, progress)
                 added = (store.n_frames, store.n_videos)
                 f_factory = factory_for(config, store.n_frames, d)
