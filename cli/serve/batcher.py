@@ -76,7 +76,9 @@ class MicroBatcher:
                 self._incoming -= 1
             self._queue.append(item)
             self._cv.notify_all()
-        item.done.wait()
+        while not item.done.wait(1.0):  # a search thread that died must not hang its requests
+            if not any(t.is_alive() for t in self._threads):
+                raise RuntimeError("the search threads stopped; see the server log")
         if item.error is not None:
             raise item.error
         return item.result
