@@ -24,7 +24,7 @@ _SEARCH = inspect.signature(search).parameters  # search's own defaults (k, leve
 
 @click.command("index", epilog="""\b
 Examples:
-  vstore index runs/store                          # auto: exact Flat up to 500k frames, IVF beyond
+  vstore index runs/store                          # auto: Flat, or IVF where it measures faster at recall >= 0.95
   vstore index runs/store --kind hnsw --metric l2  # change settings: rebuilds
   vstore index runs/store --kind "IVF1024,SQ8"     # any FAISS factory string
   vstore index runs/store                          # after a build: adds only the new frames

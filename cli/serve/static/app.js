@@ -130,7 +130,7 @@ async function showVideo(id, t) {
     $("#video-meta").textContent = [v.label || "unlabelled", `${v.n_frames} sampled of ${v.total_frames} frames`,
       v.duration ? `${v.duration.toFixed(1)} s` : null, v.source_available ? v.source : "source video gone (key frame only)"]
       .filter(Boolean).join(" · ");
-    const seek = () => { player.currentTime = t; };
+    const seek = () => { player.currentTime = t; player.play().catch(() => {}); };
     if (v.source_available) {
       player.hidden = false;
       if (player.dataset.src !== v.video_url) {
