@@ -197,11 +197,14 @@ def create_app(store: str | Path, config: Optional[ServeConfig] = None, backend:
         q, params = parse_search(body, config, image)
         with backend.batcher.incoming():
             def run(g: Generation):
-                hits = backend.search_vector(g, embed(backend, g, q), params)
-                return g.generation, [hit_json(g, h) for h in hits]
-            generation, hits = backend.run(run)
+                t = time.perf_counter()
+                vector = embed(backend, g, q)
+                embedded = time.perf_counter() - t
+                hits = backend.search_vector(g, vector, params)
+                return g.generation, [hit_json(g, h) for h in hits], embedded
+            generation, hits, embedded = backend.run(run)
         return {"query": q.describe(), "k": params.k, "generation": generation, "hits": hits,
-                "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
+                "took_ms": round((time.perf_counter() - t0) * 1000, 3), "embed_ms": round(embedded * 1000, 3)}
 
     @app.post("/api/search", summary="Nearest frames (or videos) to a text, stored video/frame, vector or image",
               openapi_extra={"requestBody": {"content": {
