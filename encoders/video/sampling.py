@@ -9,6 +9,10 @@ to the keyframe before the target otherwise, so it decodes close to the minimum 
 frames; only the frames kept are converted to RGB, resized during the conversion.
 ``keyframe`` mode returns the keyframes nearest to the targets (approximate, much faster).
 
+Every image is returned as a person sees the video: the stream's display matrix (phone
+videos: 90/270 degrees; flips) is applied as ffmpeg's default decode does, and ``size``
+resizes and crops the displayed frame (``orientation``).
+
 This module imports no torch: it runs in the decode worker processes.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from vstore.records import key_frame_index
 
 from ..errors import VideoError
 from .geometry import center_crop_offsets, resized_size
+from .orientation import UPRIGHT, Orientation, display_width, frame_orientation
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +73,13 @@ class SampledVideo:
 
     total_frames: int
     duration: float
-    width: int
+    width: int  # as displayed (swapped with height for a 90/270-degree display matrix)
     height: int
     indices: np.ndarray  # (N,) int64 frame numbers
     timestamps: np.ndarray  # (N,) float64 seconds since the first frame
-    images: np.ndarray  # (N, H, W, 3) uint8 RGB (H = W = size when a size was asked for)
+    images: np.ndarray  # (N, H, W, 3) uint8 RGB as displayed (H = W = size when a size was asked for)
+    rotation: int = 0  # clockwise degrees applied for display (0, 90, 180, 270), see orientation.py
+    hflip: bool = False  # mirrored left-right (before the rotation) for display
     key_frame_index: int = -1
     key_frame_time: float = math.nan
     key_frame_image: Optional[np.ndarray] = None  # (H, W, 3) uint8
@@ -159,22 +166,48 @@ def _frames(container, stream, wanted: Optional[set[int]] = None):
             ctx.skip_frame = "DEFAULT"
 
 
-def _make_converter(size: Optional[int], width: int, height: int) -> Callable:
-    """Frame -> RGB uint8, resized (shorter side = size) in the same swscale pass, centre-cropped."""
-    if size is None:
-        return lambda frame: frame.to_ndarray(format="rgb24")
-    w, h = resized_size(width, height, size)
-    top, left = center_crop_offsets(w, h, size)
+class _Converter:
+    """Frame -> RGB uint8 as displayed (display matrix applied, see ``orientation``); with
+    ``size``: the displayed frame's shorter side resized to ``size`` (its sample aspect ratio
+    applied) in the same swscale pass, then centre-cropped to ``size`` x ``size``.
 
-    def convert(frame):
-        if frame.width != width or frame.height != height:  # resolution change mid-stream
-            fw, fh = resized_size(frame.width, frame.height, size)
-            t, l = center_crop_offsets(fw, fh, size)
-            rgb = frame.to_ndarray(format="rgb24", width=fw, height=fh, interpolation="BICUBIC")
-            return np.ascontiguousarray(rgb[t:t + size, l:l + size])
-        rgb = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BICUBIC")
-        return np.ascontiguousarray(rgb[top:top + size, left:left + size])
-    return convert
+    The conversion runs on the decoded frame and the rotation/mirroring on the converted
+    RGB image (pixels moved, not blended), so a rotated video costs one copy of the small
+    image; with ``size`` the swscale target is the displayed size turned back to the decoded
+    orientation. Geometry is worked out per frame size and orientation (both can change
+    mid-stream)."""
+
+    def __init__(self, size: Optional[int], sar: Optional[Fraction] = None):
+        self.size = size
+        self.sar = sar
+        self.orientation: Optional[Orientation] = None  # of the first frame converted
+        self._plans: dict[tuple[int, int, Orientation], tuple[int, int, int, int]] = {}
+
+    def _plan(self, width: int, height: int, o: Orientation) -> tuple[int, int, int, int]:
+        """(swscale width, swscale height, crop top, crop left) for a decoded frame."""
+        key = (width, height, o)
+        if key not in self._plans:
+            dw, dh = o.displayed_size(display_width(width, self.sar), height)  # as a person sees it
+            rw, rh = resized_size(dw, dh, self.size)
+            top, left = center_crop_offsets(rw, rh, self.size)
+            cw, ch = o.displayed_size(rw, rh)  # the same size in the decoded orientation
+            self._plans[key] = (cw, ch, top, left)
+        return self._plans[key]
+
+    def __call__(self, frame) -> np.ndarray:
+        o = frame_orientation(frame)
+        if self.orientation is None:
+            self.orientation = o
+        if self.size is None:
+            rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) decoded orientation
+            return rgb if o.identity else np.ascontiguousarray(o.apply(rgb))
+        cw, ch, top, left = self._plan(frame.width, frame.height, o)
+        rgb = o.apply(frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation="BICUBIC"))
+        return np.ascontiguousarray(rgb[top:top + self.size, left:left + self.size])  # (size, size, 3)
+
+
+def _make_converter(size: Optional[int], stream) -> _Converter:
+    return _Converter(size, stream.sample_aspect_ratio if size is not None else None)
 
 
 def _decode_exact(container, stream, pr: VideoProbe, positions: np.ndarray, convert) -> dict[int, np.ndarray]:
@@ -310,7 +343,7 @@ def sample_video(path: str | Path, n: int, mode: str = "exact", size: Optional[i
         stream.thread_type = "SLICE" if threads == 1 else "AUTO"
         stream.thread_count = threads
         pr = probe(container, stream, path)
-        convert = _make_converter(size, pr.width, pr.height)
+        convert = _make_converter(size, stream)
         targets = target_indices(pr.total_frames, n)
         if mode == "keyframe" and len(pr.keyframes):
             near = np.abs(pr.keyframes[None, :] - targets[:, None]).argmin(axis=1)
@@ -341,10 +374,12 @@ def sample_video(path: str | Path, n: int, mode: str = "exact", size: Optional[i
     if len(targets) == 0 or any(int(p) not in images for p in targets):
         raise VideoError(f"{path}: could not decode the sampled frames (damaged file?)")
     tb_seconds = np.array([pr.seconds(int(pr.pts[p])) for p in targets])
+    shown = convert.orientation or UPRIGHT
+    width, height = shown.displayed_size(pr.width, pr.height)
     result = SampledVideo(
-        total_frames=int(pr.total_frames), duration=pr.duration, width=pr.width, height=pr.height,
+        total_frames=int(pr.total_frames), duration=pr.duration, width=width, height=height,
         indices=targets.astype(np.int64), timestamps=tb_seconds,
-        images=np.stack([images[int(p)] for p in targets]),
+        images=np.stack([images[int(p)] for p in targets]), rotation=shown.rotation, hflip=shown.hflip,
     )
     if key is not None and key in images:
         result.key_frame_index = int(key)
@@ -382,7 +417,8 @@ def find_videos(paths: list[str | Path]) -> list[Path]:
 
 
 def decode_frames(path: str | Path, indices: Sequence[int], size: Optional[int] = None) -> dict[int, np.ndarray]:
-    """RGB frames at the given frame numbers (presentation order), e.g. to show search hits.
+    """RGB frames (as displayed, like ``sample_video``) at the given frame numbers (presentation
+    order), e.g. to show search hits.
 
     Frame numbers past the end are ignored; ``size`` resizes/crops as in ``sample_video``.
     """
@@ -393,7 +429,7 @@ def decode_frames(path: str | Path, indices: Sequence[int], size: Optional[int] 
         wanted = np.unique(np.asarray([i for i in indices if 0 <= i < pr.total_frames], dtype=np.int64))
         if len(wanted) == 0:
             return {}
-        convert = _make_converter(size, pr.width, pr.height)
+        convert = _make_converter(size, stream)
         try:
             return _decode_exact(container, stream, pr, wanted, convert)
         except (_Missed, av.FFmpegError):
