@@ -38,6 +38,9 @@ def store_summary(store: Store) -> dict:
         "bytes": sum(s.bytes for s in store.manifest.segments),
         "failures": n_failed,
         "build": store.manifest.build,
+        # videos whose display matrix turned their frames (clockwise degrees, mirrored first)
+        "rotated": {table.ids[i]: {"rotation": int(table.rotation[i]), "hflip": bool(table.hflip[i])}
+                    for i in ((table.rotation != 0) | table.hflip).nonzero()[0].tolist()},
     }
 
 
@@ -68,6 +71,8 @@ def info_cmd(store, as_json):
         click.echo(f"labels     {len(info['label_names'])}: {counts}{none}")
     else:
         click.echo("labels     none")
+    if info["rotated"]:
+        click.echo(f"rotated    {len(info['rotated'])} video(s) turned upright for display (listed by --json)")
     if info["failures"]:
         click.echo(f"failures   {info['failures']} (see {Path(store) / FAILURES_NAME})")
 

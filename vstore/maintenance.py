@@ -41,6 +41,7 @@ def _entries_of(seg: SegmentReader) -> list[VideoEntry]:
             key_frame_index=int(num["key_frame_index"][i]), key_frame_time=float(num["key_frame_time"][i]),
             key_frame_image=images[i] if images is not None and has_key else None,
             key_frame_embedding=key_emb[i] if key_emb is not None and has_key else None,
+            rotation=int(num["rotation"][i]), hflip=bool(num["hflip"][i]),
         ))
     return out
 

@@ -57,6 +57,8 @@ class VideoEntry:
     key_frame_time: float = math.nan
     key_frame_image: Optional[np.ndarray] = None  # (S, S, 3) uint8 at the encoder's input size
     key_frame_embedding: Optional[np.ndarray] = None  # (D,)
+    rotation: int = 0  # clockwise degrees the frames were turned for display (0, 90, 180, 270)
+    hflip: bool = False  # frames were mirrored left-right (before the rotation) for display
 
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings)
@@ -84,6 +86,8 @@ class VideoTable:
     segment: np.ndarray  # (V,) int32 segment position in the manifest
     local: np.ndarray  # (V,) int32 row inside its segment
     has_key_frame: np.ndarray  # (V,) bool
+    rotation: np.ndarray  # (V,) int16 clockwise display rotation applied to the frames; 0 in older stores
+    hflip: np.ndarray  # (V,) bool mirrored for display; False in older stores
     _row_of: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:

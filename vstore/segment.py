@@ -6,6 +6,7 @@ Layout (documented for users in docs/FORMAT.md)::
                         dtype, strings_sha256
     /videos/     one row per video: id, label, source, n_frames, frame_offset, total_frames,
                  duration, key_frame_index, key_frame_time, has_key_frame,
+                 rotation, hflip (optional: 0 / False when absent),
                  key_frame_embedding (V, D), key_frame_image (V, S, S, 3) uint8
     /frames/     one row per sampled frame: embedding (F, D), frame_index, timestamp, video
 
@@ -59,6 +60,7 @@ def _attr_text(attrs: h5py.AttributeManager, name: str) -> str:
 
 _VIDEO_NUMERIC = ("n_frames", "frame_offset", "total_frames", "duration",
                   "key_frame_index", "key_frame_time", "has_key_frame")
+_VIDEO_OPTIONAL = {"rotation": np.int16, "hflip": bool}  # added later: absent = 0 / False
 _FRAME_NUMERIC = ("frame_index", "timestamp", "video")
 
 
@@ -163,6 +165,8 @@ def write_segment(directory: Path, final_name: str, entries: Sequence[VideoEntry
             "key_frame_index": np.array([e.key_frame_index for e in entries], dtype=np.int64),
             "key_frame_time": np.array([e.key_frame_time for e in entries], dtype=np.float64),
             "has_key_frame": has_key,
+            "rotation": np.array([e.rotation for e in entries], dtype=np.int16),
+            "hflip": np.array([e.hflip for e in entries], dtype=bool),
         }
         for name, arr in numeric.items():
             _dataset(v, name, arr, cfg, chunks=(len(arr),))
@@ -283,6 +287,8 @@ class SegmentReader:
         self.labels = [s or None for s in labels]
         self.numeric = {name: v[name][()] for name in _VIDEO_NUMERIC}
         self.n_videos = int(f.attrs["n_videos"])
+        for name, dtype in _VIDEO_OPTIONAL.items():
+            self.numeric[name] = v[name][()].astype(dtype) if name in v else np.zeros(self.n_videos, dtype)
         self.n_frames = int(f.attrs["n_frames"])
         self.dim = int(f.attrs["dim"])
         self.embedding = f["frames"]["embedding"]

@@ -182,7 +182,8 @@ class Store:
 
     def _build_table(self) -> VideoTable:
         ids, labels, sources = [], [], []
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("n_frames", "total_frames", "duration", "has_key_frame")}
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("n_frames", "total_frames", "duration", "has_key_frame",
+                                                                   "rotation", "hflip")}
         frame_start, segment, local = [], [], []
         base = 0
         for s, r in enumerate(self.segments):
@@ -204,6 +205,7 @@ class Store:
             duration=cat(cols["duration"], np.float64), frame_start=cat(frame_start, np.int64),
             segment=cat(segment, np.int32), local=cat(local, np.int32),
             has_key_frame=cat(cols["has_key_frame"], bool),
+            rotation=cat(cols["rotation"], np.int16), hflip=cat(cols["hflip"], bool),
         )
 
     def row(self, video_id: str) -> int:

@@ -165,7 +165,7 @@ def _entry(p: _Pending, labels: Optional[Labels]) -> VideoEntry:
         label=labels.get(p.task.video_id) if labels else None, source=path_text(Path(p.task.path).resolve()),
         total_frames=v.total_frames, duration=v.duration, key_frame_index=v.key_frame_index,
         key_frame_time=v.key_frame_time, key_frame_image=v.key_frame_image if has_key else None,
-        key_frame_embedding=p.embeddings[n] if has_key else None,
+        key_frame_embedding=p.embeddings[n] if has_key else None, rotation=v.rotation, hflip=v.hflip,
     )
 
 
