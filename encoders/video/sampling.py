@@ -6,7 +6,7 @@ variable frame rate files whose container metadata is 0 or wrong).
 
 ``exact`` mode decodes forward while the next target lies in the GOP being decoded and seeks
 to the keyframe before the target otherwise, so it decodes close to the minimum number of
-frames; only the frames kept are converted to RGB, resized during the conversion.
+frames; only the frames kept are converted to RGB (``convert``), resized during the conversion.
 ``keyframe`` mode returns the keyframes nearest to the targets (approximate, much faster).
 
 Every image is returned as a person sees the video: the stream's display matrix (phone
@@ -31,8 +31,8 @@ import numpy as np
 from vstore.records import key_frame_index
 
 from ..errors import VideoError
-from .geometry import center_crop_offsets, resized_size
-from .orientation import UPRIGHT, Orientation, display_width, frame_orientation
+from .convert import make_converter
+from .orientation import UPRIGHT
 
 log = logging.getLogger(__name__)
 
@@ -164,50 +164,6 @@ def _frames(container, stream, wanted: Optional[set[int]] = None):
     finally:
         if skip:
             ctx.skip_frame = "DEFAULT"
-
-
-class _Converter:
-    """Frame -> RGB uint8 as displayed (display matrix applied, see ``orientation``); with
-    ``size``: the displayed frame's shorter side resized to ``size`` (its sample aspect ratio
-    applied) in the same swscale pass, then centre-cropped to ``size`` x ``size``.
-
-    The conversion runs on the decoded frame and the rotation/mirroring on the converted
-    RGB image (pixels moved, not blended), so a rotated video costs one copy of the small
-    image; with ``size`` the swscale target is the displayed size turned back to the decoded
-    orientation. Geometry is worked out per frame size and orientation (both can change
-    mid-stream)."""
-
-    def __init__(self, size: Optional[int], sar: Optional[Fraction] = None):
-        self.size = size
-        self.sar = sar
-        self.orientation: Optional[Orientation] = None  # of the first frame converted
-        self._plans: dict[tuple[int, int, Orientation], tuple[int, int, int, int]] = {}
-
-    def _plan(self, width: int, height: int, o: Orientation) -> tuple[int, int, int, int]:
-        """(swscale width, swscale height, crop top, crop left) for a decoded frame."""
-        key = (width, height, o)
-        if key not in self._plans:
-            dw, dh = o.displayed_size(display_width(width, self.sar), height)  # as a person sees it
-            rw, rh = resized_size(dw, dh, self.size)
-            top, left = center_crop_offsets(rw, rh, self.size)
-            cw, ch = o.displayed_size(rw, rh)  # the same size in the decoded orientation
-            self._plans[key] = (cw, ch, top, left)
-        return self._plans[key]
-
-    def __call__(self, frame) -> np.ndarray:
-        o = frame_orientation(frame)
-        if self.orientation is None:
-            self.orientation = o
-        if self.size is None:
-            rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) decoded orientation
-            return rgb if o.identity else np.ascontiguousarray(o.apply(rgb))
-        cw, ch, top, left = self._plan(frame.width, frame.height, o)
-        rgb = o.apply(frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation="BICUBIC"))
-        return np.ascontiguousarray(rgb[top:top + self.size, left:left + self.size])  # (size, size, 3)
-
-
-def _make_converter(size: Optional[int], stream) -> _Converter:
-    return _Converter(size, stream.sample_aspect_ratio if size is not None else None)
 
 
 def _decode_exact(container, stream, pr: VideoProbe, positions: np.ndarray, convert) -> dict[int, np.ndarray]:
@@ -343,7 +299,7 @@ def sample_video(path: str | Path, n: int, mode: str = "exact", size: Optional[i
         stream.thread_type = "SLICE" if threads == 1 else "AUTO"
         stream.thread_count = threads
         pr = probe(container, stream, path)
-        convert = _make_converter(size, stream)
+        convert = make_converter(size, stream)
         targets = target_indices(pr.total_frames, n)
         if mode == "keyframe" and len(pr.keyframes):
             near = np.abs(pr.keyframes[None, :] - targets[:, None]).argmin(axis=1)
@@ -429,7 +385,7 @@ def decode_frames(path: str | Path, indices: Sequence[int], size: Optional[int] 
         wanted = np.unique(np.asarray([i for i in indices if 0 <= i < pr.total_frames], dtype=np.int64))
         if len(wanted) == 0:
             return {}
-        convert = _make_converter(size, stream)
+        convert = make_converter(size, stream)
         try:
             return _decode_exact(container, stream, pr, wanted, convert)
         except (_Missed, av.FFmpegError):
