@@ -91,6 +91,41 @@ def test_resize_and_centre_crop_to_encoder_size(videos):
     assert full.images.shape == (5, 96, 160, 3)
 
 
+CODES = [0x5A5A, 0xA5A5, 0x9696, 0x6969, 0x5959]  # every row: an outer cell differs from its inner neighbour
+
+
+def test_anamorphic_size_mode_uses_the_displayed_aspect(tmp_path):
+    """96 x 96 coded pixels of sample aspect ratio 2:1 are shown 192 x 96: full-size frames keep
+    the coded grid (like ffmpeg's default decode), ``size`` resizes and crops the shown frame."""
+    p = tmp_path / "anamorphic.mp4"
+    with av.open(str(p), "w") as out:
+        s = out.add_stream("libx264", rate=25, options={"preset": "veryfast"})
+        s.width, s.height, s.pix_fmt = 96, 96, "yuv420p"
+        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for i in CODES:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(index_frame(i, 96, 96), format="rgb24")):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+    full = sample_video(p, 5)
+    assert full.images.shape == (5, 96, 96, 3) and [read_index(i) for i in full.images] == CODES
+    small = sample_video(p, 5, size=48).images  # shown 192 x 96 -> 96 x 48 -> middle 48 columns
+    stretched = [np.repeat(f, 2, axis=1)[::2, ::2][:, 24:72] for f in full.images]  # (48, 48, 3)
+    squeezed = [f[::2, ::2] for f in full.images]  # what square-pixel geometry would give
+    right = [np.abs(a.astype(int) - b).mean() for a, b in zip(small, stretched)]
+    wrong = [np.abs(a.astype(int) - b).mean() for a, b in zip(small, squeezed)]
+    assert max(right) < 12 and min(wrong) > 40, (right, wrong)
+
+
+def test_ten_bit_frames_convert(tmp_path):
+    p = write_video(tmp_path / "ten.mp4", (index_frame(i) for i in range(20)), pix_fmt="yuv420p10le",
+                    options={"preset": "veryfast"})
+    r = sample_video(p, 5, size=32)
+    assert r.images.shape == (5, 32, 32, 3)
+    full = sample_video(p, 5)
+    assert [read_index(img) for img in full.images] == r.indices.tolist() == [2, 6, 10, 14, 18]
+
+
 def test_decode_frames_by_number(videos):
     frames = decode_frames(videos["vfr"][0], [299, 7, 150, 10_000])
     assert sorted(frames) == [7, 150, 299]

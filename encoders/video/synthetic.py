@@ -43,8 +43,11 @@ def read_index(img: np.ndarray) -> int:
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 25, codec: str = "libx264",
                 options: Optional[dict] = None, pts: Optional[Sequence[int]] = None,
-                time_base: Optional[Fraction] = None, pix_fmt: str = "yuv420p") -> Path:
-    """Encode RGB frames into ``path``. ``pts`` (in ``time_base`` units) gives variable frame rate."""
+                time_base: Optional[Fraction] = None, pix_fmt: str = "yuv420p", rotation: int = 0,
+                hflip: bool = False) -> Path:
+    """Encode RGB frames into ``path``. ``pts`` (in ``time_base`` units) gives variable frame rate.
+    ``rotation``/``hflip``: a display matrix telling players to mirror the frames left-right
+    (``hflip``), then turn them ``rotation`` degrees clockwise (as ``orientation.Orientation``)."""
     path = Path(path)
     frames = iter(frames)
     first = next(frames)
@@ -52,6 +55,10 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 25, c
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream(codec, rate=fps, options=dict(options or {}))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        if rotation or hflip:
+            # PyAV counts counter-clockwise and mirrors after rotating; mirror-then-rotate-clockwise
+            # by r is the same matrix as its (r, hflip=True), and rotate-clockwise r is its -r.
+            stream.set_display_rotation(rotation % 360 if hflip else -rotation % 360, hflip=hflip)
         if time_base is not None:
             stream.codec_context.time_base = time_base
             stream.time_base = time_base
@@ -72,9 +79,10 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 25, c
 
 def write_index_video(path: str | Path, n_frames: int, width: int = 160, height: int = 96, fps: int = 25,
                       codec: str = "libx264", options: Optional[dict] = None,
-                      pts: Optional[Sequence[int]] = None, time_base: Optional[Fraction] = None) -> Path:
+                      pts: Optional[Sequence[int]] = None, time_base: Optional[Fraction] = None,
+                      rotation: int = 0, hflip: bool = False) -> Path:
     return write_video(path, (index_frame(i, width, height) for i in range(n_frames)), fps=fps, codec=codec,
-                       options=options, pts=pts, time_base=time_base)
+                       options=options, pts=pts, time_base=time_base, rotation=rotation, hflip=hflip)
 
 
 # -- labelled clips for the demo and classifier tests ------------------------------------------------
