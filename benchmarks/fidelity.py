@@ -13,6 +13,7 @@ against 5.1). PyAV bundles its own FFmpeg (8.x), so decoders and swscale are dif
 
     python benchmarks/fidelity.py            # whole corpus
     python benchmarks/fidelity.py --only hevc10 rot90
+    python benchmarks/fidelity.py --speed 5   # cost of rotating: rotated vs upright, CPU time
 """
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ from typing import Any, Optional
 import common
 import numpy as np
 
+from encoders.video.geometry import center_crop_offsets, resized_size
+from encoders.video.orientation import display_width
 from encoders.video.sampling import sample_video
 from vstore.errors import VStoreError
 
 N = 12  # frames sampled per file and mode
+SIZE = 112  # the size= check: resize + centre crop of the displayed frame, vs ffmpeg's scale + crop
 GEN_VERSION = 1  # bump when the corpus changes: cached files are remade
 SRC = "testsrc2=size={w}x{h}:rate={r}:duration={d}"
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "24"]
@@ -121,10 +125,11 @@ def make(name: str, folder: Path) -> Path:
     return path
 
 
-def reference(path: Path, indices: list[int]) -> list[np.ndarray]:
-    """ffmpeg's default decode of frames ``indices`` (presentation order), RGB24."""
+def reference(path: Path, indices: list[int], then: str = "") -> list[np.ndarray]:
+    """ffmpeg's default decode of frames ``indices`` (presentation order), RGB24; ``then``: more
+    filters after the selection."""
     sel = "+".join(f"eq(n\\,{i})" for i in indices)
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"select={sel}",
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"select={sel}{then}",
                           "-fps_mode", "passthrough", "-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "-"],
                          check=True, capture_output=True).stdout
     out, pos = [], 0
@@ -163,13 +168,26 @@ def mad(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[float]:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-def check(path: Path, mode: str) -> dict:
+def resize_filters(path: Path, r, size: int) -> str:
+    """ffmpeg filters doing to its (rotated) decode what ``size`` promises: the sample aspect
+    ratio applied, shorter side to ``size`` (bicubic), centre crop."""
+    import av
+    with av.open(str(path)) as c:
+        sar = c.streams.video[0].sample_aspect_ratio
+    w, h = r.width, r.height  # as displayed, square pixels
+    w, h = (w, display_width(h, sar)) if r.rotation in (90, 270) else (display_width(w, sar), h)
+    rw, rh = resized_size(w, h, size)
+    top, left = center_crop_offsets(rw, rh, size)
+    return f",scale={rw}:{rh}:flags=bicubic,crop={size}:{size}:{left}:{top}"
+
+
+def check(path: Path, mode: str, size: Optional[int] = None) -> dict:
     t = time.perf_counter()
-    r = sample_video(path, N, mode=mode)
+    r = sample_video(path, N, mode=mode, size=size)
     sample_s = time.perf_counter() - t
     idx = [int(i) for i in r.indices]
-    ref = reference(path, idx)
-    before = plain_pyav(path, idx)
+    ref = reference(path, idx, resize_filters(path, r, size) if size else "")
+    before = plain_pyav(path, idx) if size is None else {}
     frames = []
     for k, i in enumerate(idx):
         got = r.images[k]
@@ -182,7 +200,7 @@ def check(path: Path, mode: str) -> dict:
     return {"mode": mode, "frames": len(idx), "ffmpeg_frames": len(ref), "rotation": r.rotation, "hflip": r.hflip,
             "shape": list(r.images.shape[1:]), "shape_match": all(f["shape_match"] for f in frames),
             "max_mad": round(max(mads), 3) if mads else None, "mean_mad": round(float(np.mean(mads)), 3) if mads else None,
-            "before_max_mad": round(max(old), 3) if old and None not in old else "shape",
+            "before_max_mad": "-" if size else round(max(old), 3) if old and None not in old else "shape",
             "sample_s": round(sample_s, 3), "per_frame": frames}
 
 
@@ -193,10 +211,57 @@ def probe_line(path: Path) -> str:
     return " ".join(out.split())
 
 
+def remux_rotated(src: Path, dst: Path, clockwise: int) -> Path:
+    """``src``'s video packets unchanged, with a display matrix turning them ``clockwise``."""
+    import av
+    if dst.is_file():
+        return dst
+    tmp = dst.with_name("tmp-" + dst.name)
+    with av.open(str(src)) as inp, av.open(str(tmp), "w") as out:
+        s_in = inp.streams.video[0]
+        s = out.add_stream_from_template(s_in)
+        s.set_display_rotation(-clockwise % 360)
+        for packet in inp.demux(s_in):
+            if packet.dts is None:
+                continue
+            packet.stream = s
+            out.mux(packet)
+    tmp.rename(dst)
+    return dst
+
+
+def speed(repeats: int) -> dict:
+    """CPU time of ``sample_video(100 frames)`` on bench_sampling's 1-minute 640x360 H.264 video
+    and on the same packets with a 90-degree display matrix, interleaved rounds."""
+    src = common.OUT / "sampling" / "video_1min.mp4"
+    if not src.is_file():
+        sys.exit(f"{src} is missing: run `python benchmarks/bench_sampling.py --quick` once first")
+    rot = remux_rotated(src, common.out_dir("fidelity") / "video_1min_rot90.mp4", 90)
+    src.read_bytes(), rot.read_bytes()
+    assert sample_video(rot, 1).rotation == 90
+    cases = {f"{name}{'' if size is None else f' size={size}'}": (lambda p=p, size=size: sample_video(p, 100, size=size))
+             for name, p in (("upright", src), ("rot90", rot)) for size in (None, 224)}
+    t = common.interleaved(cases, repeats, warmup=1)["cpu"]
+    out = {"median_cpu_s": {k: round(common.med(v), 4) for k, v in t.items()},
+           "rot90_over_upright": round(common.ratio(t, "rot90", "upright"), 3),
+           "rot90_over_upright_size224": round(common.ratio(t, "rot90 size=224", "upright size=224"), 3),
+           "load_average": common.load_average()}
+    print(f"sample_video(100 frames), 1-min 640x360 H.264, CPU s (median of {repeats} interleaved rounds): "
+          f"{out['median_cpu_s']}")
+    print(f"rotated / upright: full size {out['rot90_over_upright']:.3f}x, size=224 "
+          f"{out['rot90_over_upright_size224']:.3f}x (load average {out['load_average']})")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", nargs="*", help="corpus entries to check (default: all)")
+    p.add_argument("--speed", type=int, metavar="ROUNDS", help="instead: the cost of a display matrix "
+                   "(a rotated remux of bench_sampling's 1-min video vs the original)")
     args = p.parse_args()
+    if args.speed:
+        common.save("fidelity_speed", speed(args.speed))
+        return
     if not shutil.which("ffmpeg"):
         sys.exit("needs the ffmpeg CLI on PATH (Debian/Ubuntu: apt-get install ffmpeg)")
     version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
@@ -205,15 +270,16 @@ def main() -> None:
     rows, results = [], []
     for name in names:
         path = make(name, folder)
-        for mode in ("exact", "keyframe"):
+        for mode, size in (("exact", None), ("keyframe", None), ("exact", SIZE)):
             try:
-                r = check(path, mode)
+                r = check(path, mode, size)
             except (VStoreError, subprocess.CalledProcessError) as e:  # reported, not fatal
                 r = {"mode": mode, "error": str(e), "shape": [0, 0], "rotation": 0, "hflip": False, "frames": 0,
                      "shape_match": False, "max_mad": None, "mean_mad": None, "before_max_mad": None}
             r.update(name=name, file=path.name, probe=probe_line(path))
             results.append(r)
             ok = r["shape_match"] and r["max_mad"] is not None and r["max_mad"] <= 1
+            mode = mode if size is None else f"{mode} size={size}"
             rows.append([name, mode, "x".join(map(str, r["shape"][:2])), f"{r['rotation']}{' hflip' if r['hflip'] else ''}",
                          r["frames"],
                          "yes" if r["shape_match"] else "NO", r["max_mad"], r["mean_mad"], r["before_max_mad"],

@@ -7,8 +7,7 @@ for display; FFmpeg hands it to every decoded frame as ``DISPLAYMATRIX`` side da
 and ffmpeg's default decode (``-autorotate``, on by default) apply it. ``Orientation`` is the
 same decision ffmpeg's CLI makes (fftools ``get_rotation`` and the transpose/hflip/vflip
 filters it inserts), written as "mirror left-right first (``hflip``), then rotate clockwise by
-``rotation`` degrees", and applied with numpy views on the converted RGB image (exact: a
-rotation or flip moves pixels, it never blends them).
+``rotation`` degrees"; ``filters`` gives those FFmpeg filters, ``apply`` the same in numpy.
 
 Rotations that are not a multiple of 90 degrees (ffmpeg would rotate with black corners)
 are left as decoded, with a warning.
@@ -57,6 +56,14 @@ class Orientation:
         if self.hflip:
             img = img[:, ::-1]
         return np.rot90(img, k=-(self.rotation // 90)) if self.rotation else img
+
+    @property
+    def filters(self) -> list[tuple[str, Optional[str]]]:
+        """The same transform as FFmpeg filters (name, args): the ones ffmpeg's CLI inserts."""
+        return {(0, False): [], (90, False): [("transpose", "clock")], (270, False): [("transpose", "cclock")],
+                (180, False): [("hflip", None), ("vflip", None)], (0, True): [("hflip", None)],
+                (90, True): [("transpose", "clock_flip")], (270, True): [("transpose", "cclock_flip")],
+                (180, True): [("vflip", None)]}[(self.rotation, self.hflip)]
 
 
 UPRIGHT = Orientation()
