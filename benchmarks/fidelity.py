@@ -230,26 +230,62 @@ def remux_rotated(src: Path, dst: Path, clockwise: int) -> Path:
     return dst
 
 
+class ToNdarray:
+    """The converter sample_video used before display matrices: PyAV's ``to_ndarray`` (resized
+    in the same swscale call with ``size``), no orientation: the baseline of ``--speed``."""
+
+    orientation = None
+
+    def __init__(self, size: Optional[int], stream):
+        self.size, self.w, self.h = size, stream.codec_context.width, stream.codec_context.height
+
+    def __call__(self, frame) -> np.ndarray:
+        if self.size is None:
+            return frame.to_ndarray(format="rgb24")
+        w, h = resized_size(self.w, self.h, self.size)
+        top, left = center_crop_offsets(w, h, self.size)
+        rgb = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BICUBIC")
+        return np.ascontiguousarray(rgb[top:top + self.size, left:left + self.size])
+
+
+def with_to_ndarray(path: Path, size: Optional[int]):
+    from encoders.video import sampling
+    keep = sampling.make_converter
+    sampling.make_converter = ToNdarray
+    try:
+        return sample_video(path, 100, size=size)
+    finally:
+        sampling.make_converter = keep
+
+
 def speed(repeats: int) -> dict:
-    """CPU time of ``sample_video(100 frames)`` on bench_sampling's 1-minute 640x360 H.264 video
-    and on the same packets with a 90-degree display matrix, interleaved rounds."""
+    """CPU time of ``sample_video(100 frames)`` on bench_sampling's 1-minute 640x360 H.264 video,
+    on the same packets with a 90-degree display matrix, and with the old ``to_ndarray``
+    converter; interleaved rounds."""
     src = common.OUT / "sampling" / "video_1min.mp4"
     if not src.is_file():
         sys.exit(f"{src} is missing: run `python benchmarks/bench_sampling.py --quick` once first")
     rot = remux_rotated(src, common.out_dir("fidelity") / "video_1min_rot90.mp4", 90)
     src.read_bytes(), rot.read_bytes()
     assert sample_video(rot, 1).rotation == 90
+    same = [np.array_equal(a, b) for a, b in zip(sample_video(src, 100).images, with_to_ndarray(src, None).images)]
     cases = {f"{name}{'' if size is None else f' size={size}'}": (lambda p=p, size=size: sample_video(p, 100, size=size))
              for name, p in (("upright", src), ("rot90", rot)) for size in (None, 224)}
+    cases.update({"to_ndarray": lambda: with_to_ndarray(src, None),
+                  "to_ndarray size=224": lambda: with_to_ndarray(src, 224)})
     t = common.interleaved(cases, repeats, warmup=1)["cpu"]
     out = {"median_cpu_s": {k: round(common.med(v), 4) for k, v in t.items()},
            "rot90_over_upright": round(common.ratio(t, "rot90", "upright"), 3),
            "rot90_over_upright_size224": round(common.ratio(t, "rot90 size=224", "upright size=224"), 3),
-           "load_average": common.load_average()}
-    print(f"sample_video(100 frames), 1-min 640x360 H.264, CPU s (median of {repeats} interleaved rounds): "
-          f"{out['median_cpu_s']}")
+           "upright_over_to_ndarray": round(common.ratio(t, "upright", "to_ndarray"), 3),
+           "upright_over_to_ndarray_size224": round(common.ratio(t, "upright size=224", "to_ndarray size=224"), 3),
+           "full_size_frames_identical_to_to_ndarray": all(same), "load_average": common.load_average()}
+    print(f"sample_video(100 frames), 1-min 640x360 H.264, CPU s (median of {repeats} interleaved rounds):")
+    common.table([[k, v] for k, v in out["median_cpu_s"].items()], ["case", "CPU s"])
     print(f"rotated / upright: full size {out['rot90_over_upright']:.3f}x, size=224 "
-          f"{out['rot90_over_upright_size224']:.3f}x (load average {out['load_average']})")
+          f"{out['rot90_over_upright_size224']:.3f}x; upright / old to_ndarray converter: full size "
+          f"{out['upright_over_to_ndarray']:.3f}x, size=224 {out['upright_over_to_ndarray_size224']:.3f}x "
+          f"(full-size frames identical: {all(same)}); load average {out['load_average']}")
     return out
 
 
