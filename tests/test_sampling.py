@@ -126,6 +126,20 @@ def test_ten_bit_frames_convert(tmp_path):
     assert [read_index(img) for img in full.images] == r.indices.tolist() == [2, 6, 10, 14, 18]
 
 
+def test_resolution_change_mid_stream(tmp_path):
+    """Two MPEG-TS clips of different sizes back to back: each frame converted at its own size."""
+    a = write_index_video(tmp_path / "a.ts", 30, options={"preset": "veryfast", "g": "10"})
+    b = write_index_video(tmp_path / "b.ts", 30, width=96, height=128, options={"preset": "veryfast", "g": "10"},
+                          pts=[i + 40 for i in range(30)], time_base=Fraction(1, 25))
+    p = tmp_path / "ab.ts"
+    p.write_bytes(a.read_bytes() + b.read_bytes())
+    r = sample_video(p, 6, size=32)
+    assert r.total_frames == 60 and r.images.shape == (6, 32, 32, 3)
+    frames = decode_frames(p, [5, 45])
+    assert frames[5].shape == (96, 160, 3) and frames[45].shape == (128, 96, 3)
+    assert read_index(frames[5]) == 5 and read_index(frames[45]) == 15
+
+
 def test_decode_frames_by_number(videos):
     frames = decode_frames(videos["vfr"][0], [299, 7, 150, 10_000])
     assert sorted(frames) == [7, 150, 299]
