@@ -8,8 +8,9 @@ conversion ffmpeg's CLI inserts for ``-pix_fmt rgb24``: it takes the frame's col
 mean absolute difference on 10-bit HEVC, 1.6 on interlaced H.264; benchmarks/fidelity.py).
 The display matrix is applied first, by the filters ffmpeg's CLI inserts for it (transpose,
 hflip, vflip on the decoded YUV frame, ``orientation``), then the conversion, resized to
-``size`` in the same pass. A rotated video samples as fast as an upright one (0.96x CPU time,
-``benchmarks/fidelity.py --speed``). Rotating the small converted image instead is not
+``size`` in the same pass. A 90-degree video costs 1.04-1.06x the CPU time of the same
+packets upright, and upright videos cost what PyAV's ``to_ndarray`` did (1.00x full size,
+0.91x at size 224; ``benchmarks/fidelity.py --speed``). Rotating the small converted image instead is not
 identical: swscale places chroma differently along the two axes (MAD 3.2 against ffmpeg's
 ``transpose,scale`` on a 90-degree clip at size 112).
 """
