@@ -90,6 +90,6 @@ def knn_predict(store: Store, train_ids: Sequence[str], test_ids: Sequence[str],
         nrows = np.concatenate([r for r, _ in found]).astype(np.int64)  # (sum counts,) training frame rows
         sims = np.concatenate([s for _, s in found])
         voter = a + np.repeat(owner, counts)  # test video (position in test_ids) of each vote
-        vrows = np.searchsorted(table.frame_start, nrows, side="right") - 1
+        vrows = table.video_rows_of(nrows)
         np.add.at(votes, (voter, label_of_video[vrows]), vote_weights(sims))
     return _normalise(votes).astype(np.float32)

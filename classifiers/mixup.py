@@ -6,9 +6,13 @@ the same lambda and trained with soft-target cross-entropy.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+Mix = Optional[tuple[float, torch.Tensor]]  # (lambda, permutation of the batch)
 
 
 class Mixup:
@@ -24,15 +28,21 @@ class Mixup:
         return lam, perm
 
 
-def mix_targets(targets: torch.Tensor, mix: tuple[float, torch.Tensor] | None) -> torch.Tensor:
-    """(B, C) target distributions mixed with the same lambda and pairing as the inputs."""
+def mix_inputs(x: torch.Tensor, mix: Mix) -> torch.Tensor:
+    """``lam * x + (1 - lam) * x[perm]`` over the batch (first) dimension: (B, ...) -> (B, ...).
+    The one mixup formula: pooled embeddings, frame sequences, pixels and targets."""
     if mix is None:
-        return targets
+        return x
     lam, perm = mix
-    return lam * targets + (1.0 - lam) * targets[perm]
+    return lam * x + (1.0 - lam) * x[perm]
 
 
-def soft_targets(y: torch.Tensor, n_classes: int, mix: tuple[float, torch.Tensor] | None) -> torch.Tensor:
+def mix_targets(targets: torch.Tensor, mix: Mix) -> torch.Tensor:
+    """(B, C) target distributions mixed with the same lambda and pairing as the inputs."""
+    return mix_inputs(targets, mix)
+
+
+def soft_targets(y: torch.Tensor, n_classes: int, mix: Mix) -> torch.Tensor:
     """(B,) class ids -> (B, C) target distributions, mixed like the inputs."""
     return mix_targets(F.one_hot(y, n_classes).float(), mix)
 

@@ -18,8 +18,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-Mix = Optional[tuple[float, torch.Tensor]]  # (lambda, permutation of the batch)
-MODEL_NAMES = ("linear", "transformer", "random-frame")
+from .config import TRAINED_MODELS
+from .mixup import Mix, mix_inputs
 
 
 @dataclass
@@ -35,8 +35,8 @@ class ModelConfig:
     finetune: bool = False  # random-frame: train the image encoder too
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        if self.model not in TRAINED_MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(TRAINED_MODELS)}")
         if self.n_classes < 2:
             raise ValueError(f"need at least 2 classes, got {self.n_classes}")
         if self.model == "transformer" and self.dim % self.heads:
@@ -51,13 +51,6 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-def mix_pair(a: torch.Tensor, mix: Mix) -> torch.Tensor:
-    if mix is None:
-        return a
-    lam, perm = mix
-    return lam * a + (1.0 - lam) * a[perm]
-
-
 class LinearClassifier(nn.Module):
     """Mean-pooled linear head. Trains from pooled embeddings (``batch["pooled"]``, computed
     once per store) since pooling has no parameters; also accepts frames + mask."""
@@ -69,7 +62,7 @@ class LinearClassifier(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], mix: Mix = None) -> torch.Tensor:
         pooled = batch["pooled"] if "pooled" in batch else masked_mean(batch["frames"], batch["valid"])  # (B, D)
-        return self.head(mix_pair(pooled, mix))  # (B, C)
+        return self.head(mix_inputs(pooled, mix))  # (B, C)
 
 
 class TransformerClassifier(nn.Module):
@@ -86,9 +79,8 @@ class TransformerClassifier(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], mix: Mix = None) -> torch.Tensor:
         x, valid = batch["frames"], batch["valid"]  # (B, T, D), (B, T) True = real frame
         if mix is not None:  # mix the sequences element-wise; a slot is real if either is
-            lam, perm = mix
-            x = lam * x + (1.0 - lam) * x[perm]
-            valid = valid | valid[perm]
+            x = mix_inputs(x, mix)
+            valid = valid | valid[mix[1]]
         T = x.shape[1]
         if T > self.cfg.max_frames:
             raise ValueError(f"{T} frames per video, the model has positions for {self.cfg.max_frames}")
@@ -117,7 +109,7 @@ class RandomFrameClassifier(nn.Module):
         enc = self.image_encoder
         assert enc is not None, "random-frame with mixup or fine-tuning needs the image encoder"
         x = enc.preprocess(images)  # (B, 3, S, S) normalised; mixing is the same before or after
-        x = mix_pair(x.float(), mix)
+        x = mix_inputs(x.float(), mix)
         if self.cfg.finetune:
             return self.visual(x.to(next(self.visual.parameters()).dtype)).float()
         with torch.no_grad():

@@ -89,6 +89,7 @@ def save_run(out_dir: str | Path, cfg: TrainConfig, metrics: dict[str, Any], his
             "label_names": list(names),
             "store": str(Path(store.path).resolve()),
             "encoder": store.encoder,
+            "sampling": store.manifest.store_sampling,  # how the training videos' frames were sampled
             "build": store.manifest.build,
             "state_dict": {k: v.detach().cpu() for k, v in (model_state or {}).items()},
         }

@@ -152,9 +152,15 @@ def _baseline(store: Store, cfg: TrainConfig, train_ids: list[str], test_ids: li
 
 def run_training(store_path: str | Path, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Train (or evaluate a baseline) on the store's split; write the run into ``out_dir``."""
-    from .runs import check_out_dir, save_run
+    from .runs import check_out_dir
     check_out_dir(Path(out_dir))  # before training, not after
-    store = Store.open(store_path)
+    with Store.open(store_path) as store:
+        return _run_training(store, store_path, cfg, out_dir, progress)
+
+
+def _run_training(store: Store, store_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
+                  progress: bool) -> dict[str, Any]:
+    from .runs import save_run
     split = load_split(store_path)
     ids = set(store.videos.ids)
     train_ids = [v for v in store.videos.ids if split.assignment.get(v) == "train"]
@@ -222,5 +228,6 @@ def _metrics_doc(cfg: TrainConfig, per_seed: list[dict], label_names: list[str],
         "per_seed": per_seed, "per_class": agg["per_class"], "confusion_matrix": agg["confusion_matrix"],
         "label_names": label_names, "n_train": n_train, "n_test": len(test_ids),
         "store": str(Path(store.path).resolve()), "store_generation": store.generation,
-        "encoder": (store.encoder or {}).get("name"), "config": asdict(cfg), "seconds": seconds,
+        "encoder": (store.encoder or {}).get("name"), "sampling": store.manifest.store_sampling,
+        "config": asdict(cfg), "seconds": seconds,
     }

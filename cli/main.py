@@ -18,6 +18,40 @@ Start with `vstore demo`. A typical session on your own videos:
 """
 
 
+PACKAGES = ("vstore", "encoders", "classifiers", "cli")  # the loggers -v / -vv turn up
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (CliRunner swaps it per invocation)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+_HANDLER = _StderrHandler()
+_HANDLER.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Set every vstore package's logger for this invocation: WARNING by default and with -q
+    (the commands' summaries and progress bars say what INFO would), INFO with -v, DEBUG with
+    -vv. Levels are set on each call, so in a reused process (CliRunner, API users) one call's
+    level does not stick to the next; other handlers on the root logger (pytest's caplog) stay."""
+    level = logging.WARNING if quiet or verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    if _HANDLER not in root.handlers:
+        root.addHandler(_HANDLER)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)  # other libraries: warnings and errors
+    for name in PACKAGES:
+        logging.getLogger(name).setLevel(level)
+
+
 class VStoreGroup(click.Group):
     """Turns domain errors into one-line messages (exit 1) instead of tracebacks."""
 
@@ -42,11 +76,7 @@ class VStoreGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """vstore: sample video frames, embed them with CLIP, store, search and classify them."""
-    level = logging.WARNING if quiet else (logging.INFO if verbose == 1 else logging.DEBUG if verbose > 1 else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    if verbose == 0 and not quiet:
-        # the build's own summary and progress bar say what INFO would
-        logging.getLogger("vstore").setLevel(logging.WARNING)
+    configure_logging(verbose, quiet)
     ctx.obj = {"quiet": quiet, "verbose": verbose}
 
 

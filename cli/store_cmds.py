@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from encoders.build import FAILURES_NAME
+from encoders.build import FAILURES_NAME, read_failures
 from vstore import Store, compact, verify
 from vstore.maintenance import DEFAULT_MAX_FRAMES, QUARANTINE_DIR
+from vstore.manifest import describe_sampling
 
 from .options import human_bytes, json_option, store_argument
 
@@ -17,8 +18,6 @@ from .options import human_bytes, json_option, store_argument
 def store_summary(store: Store) -> dict:
     table = store.videos
     counts = Counter(label or None for label in table.labels)
-    failures = Path(store.path) / FAILURES_NAME
-    n_failed = max(0, sum(1 for _ in open(failures, encoding="utf-8", errors="replace")) - 1) if failures.is_file() else 0
     enc = store.encoder or {}
     return {
         "path": str(store.path),
@@ -36,7 +35,8 @@ def store_summary(store: Store) -> dict:
         "unlabeled": counts.get(None, 0),
         "segments": len(store.manifest.segments),
         "bytes": sum(s.bytes for s in store.manifest.segments),
-        "failures": n_failed,
+        "failures": len(read_failures(store.path)),
+        "sampling": store.manifest.store_sampling,
         "build": store.manifest.build,
         # videos whose display matrix turned their frames (clockwise degrees, mirrored first)
         "rotated": {table.ids[i]: {"rotation": int(table.rotation[i]), "hflip": bool(table.hflip[i])}
@@ -64,7 +64,8 @@ def info_cmd(store, as_json):
     click.echo(f"encoder    {info['encoder'] or '-'}  ({info['dim'] or '-'}-d {info['dtype']}, "
                f"input {info['input_size'] or '-'} px)")
     click.echo(f"videos     {info['videos']}  ({info['labelled_videos']} labelled)")
-    click.echo(f"frames     {info['frames']}  ({frames_per:.1f} per video)")
+    click.echo(f"frames     {info['frames']}  ({frames_per:.1f} per video; "
+               f"{describe_sampling(info['sampling']) if info['sampling'] else 'no videos yet'})")
     if info["label_names"]:
         counts = ", ".join(f"{k} {v}" for k, v in info["label_counts"].items())
         none = f", (none) {info['unlabeled']}" if info["unlabeled"] else ""

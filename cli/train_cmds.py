@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from classifiers.config import TrainConfig
+from classifiers.config import ALL_MODELS, TrainConfig
+from encoders.errors import EXIT_SOME_FAILED
+from encoders.video.sampling import SAMPLING_MODES
 from vstore import Store
 from vstore.split import SplitConfig, make_split, save_split
 
 from .options import default_of, json_option, pass_quiet, store_argument
-
-MODELS = ("linear", "transformer", "random-frame", "knn", "zero-shot")
 
 
 @click.command("split", epilog="""\b
@@ -52,7 +52,7 @@ Examples:
   vstore train runs/store --model zero-shot --prompt "a video about {label}" --out runs/zs
 """)
 @store_argument
-@click.option("--model", type=click.Choice(MODELS), required=True,
+@click.option("--model", type=click.Choice(ALL_MODELS), required=True,
               help="linear: mean-pooled linear head; transformer: positions + encoder layer(s) + mean; "
                    "random-frame: one hash-chosen key frame through the image encoder + linear; "
                    "knn / zero-shot: baselines without training.")
@@ -123,11 +123,21 @@ Examples:
 @click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--device", default=default_of(TrainConfig, "device"), show_default=True,
               help="auto (CUDA when present), cpu, cuda[:N].")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Only for a run trained on imported vectors: frames per video they were made from.")
+@click.option("--sampling", type=click.Choice(SAMPLING_MODES), default=None,
+              help="Only for a run trained on imported vectors: how their frames were sampled.")
 @json_option
-def predict_cmd(run, videos, device, as_json):
-    """Classify video files with a trained RUN (frames sampled and embedded as its store was built)."""
+def predict_cmd(run, videos, device, frames, sampling, as_json):
+    """Classify video files with a trained RUN.
+
+    Frames are sampled as the run's training videos were (frame count and mode, recorded in
+    the run) and embedded with the run's encoder. Exit status: 0 when every file was
+    classified, 3 when some could not be (each gets an ERROR line), 1 on an error that
+    stopped it.
+    """
     from classifiers.predict import Predictor
-    preds = Predictor(run, device=device).predict(videos)
+    preds = Predictor(run, device=device, frames=frames, sampling=sampling).predict(videos)
     if as_json:
         click.echo(json.dumps([p.__dict__ for p in preds], indent=2))
     else:
@@ -138,7 +148,7 @@ def predict_cmd(run, videos, device, as_json):
             probs = "  ".join(f"{n} {v:.3f}" for n, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
             click.echo(f"{p.video}: {p.label}  ({probs})")
     if any(p.error for p in preds):
-        raise SystemExit(3)
+        raise SystemExit(EXIT_SOME_FAILED)
 
 
 COMMANDS = [split_cmd, train_cmd, report_cmd, predict_cmd]

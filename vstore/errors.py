@@ -34,6 +34,10 @@ class IncompatibleEncoderError(VStoreError):
     """Vectors from a different encoder or dimension would be mixed into one store."""
 
 
+class IncompatibleSamplingError(VStoreError):
+    """Videos sampled another way (frame count, mode, or imported) would be mixed into one store."""
+
+
 class UnknownVideoError(VStoreError, KeyError):
     """A video id that the store does not hold."""
 

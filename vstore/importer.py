@@ -21,7 +21,7 @@ from .errors import VStoreError
 from .fsutil import path_text
 from .labels import Labels
 from .maintenance import compact
-from .manifest import manifest_path, read_manifest
+from .manifest import IMPORTED_SAMPLING, manifest_path, read_manifest
 from .records import MAX_ID_BYTES, VideoEntry, text_problem
 from .store import Store
 from .writer import StoreWriter
@@ -127,7 +127,8 @@ def import_json(src: str | Path, store_path: str | Path, labels: Optional[Labels
     if int(identity["dim"]) != dim:
         raise VStoreError(f"{first_path}: {dim}-d vectors, but encoder {identity['name']} makes {identity['dim']}-d")
     Store.open_or_create(store_path, config).close()
-    with StoreWriter(store_path, identity, build_info={"imported_from": str(src)}) as writer:
+    with StoreWriter(store_path, identity, build_info={"imported_from": str(src)},
+                     sampling=IMPORTED_SAMPLING) as writer:
         for path in tqdm(files, unit="video", desc="import", disable=not progress):
             vid = path_text(path.stem)
             if vid in writer:

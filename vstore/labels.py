@@ -13,16 +13,18 @@ Ids given two different labels are ambiguous: they are left unlabeled and report
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 from urllib.parse import parse_qs, urlparse
 
+from .csvfile import table_dialect
 from .csvsafe import plain_cell
-from .errors import LabelsError
+from .errors import LabelsError, VStoreError
 from .records import MAX_ID_BYTES, MAX_LABEL_CHARS, text_problem
 
 log = logging.getLogger(__name__)
@@ -109,27 +111,46 @@ def _from_json(data, path: Path) -> Labels:
     raise LabelsError(f"{path}: values must be all strings ({{id: label}}) or all lists ({{label: [ids]}})")
 
 
+def table_rows(text: str, path: Path, error: type[VStoreError] = LabelsError
+               ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """A dataset table (CSV or TSV, see ``csvfile.table_dialect``): its header, stripped and
+    lower-cased ([] when the first record is not CSV), and its non-blank records as (line the
+    record ended on, cells); quoted multi-line fields are one record. A malformed record
+    raises ``error`` naming the line."""
+    reader = csv.reader(io.StringIO(text, newline=""), dialect=table_dialect(path, text))
+    try:
+        header = [h.strip().lower() for h in next((r for r in reader if any(c.strip() for c in r)), [])]
+    except csv.Error:
+        header = []
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        try:
+            for row in reader:
+                if any(c.strip() for c in row):
+                    yield reader.line_num, row
+        except csv.Error as e:
+            raise error(f"{path}: CSV error near line {reader.line_num}: {e}") from None
+    return header, rows()
+
+
+def column(header: list[str], names: Sequence[str]) -> Optional[int]:
+    """Position of the first of ``names`` found in ``header``, or None."""
+    return next((header.index(c) for c in names if c in header), None)
+
+
+def cell(row: list[str], col: Optional[int]) -> str:
+    """The cell's text as written (a spreadsheet-escaped cell, see ``csvsafe``, unescaped)."""
+    return plain_cell(row[col]) if col is not None and col < len(row) else ""
+
+
 def _from_csv(text: str, path: Path) -> Labels:
-    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-    reader = csv.DictReader(text.splitlines(keepends=True), dialect=dialect)
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
-    id_col = next((c for c in ID_COLUMNS if c in header), None)
-    label_col = next((c for c in LABEL_COLUMNS if c in header), None)
+    header, records = table_rows(text, path)
+    id_col, label_col = column(header, ID_COLUMNS), column(header, LABEL_COLUMNS)
     if id_col is None or label_col is None:
         raise LabelsError(
             f"{path}: header {header} needs an id column (one of {', '.join(ID_COLUMNS)}) and a label "
             f"column (one of {', '.join(LABEL_COLUMNS)})")
-    original = {h.strip().lower(): h for h in reader.fieldnames or []}
-
-    def rows():
-        for row in reader:
-            # line_num is the line where the (possibly multi-line) record ended
-            yield (reader.line_num, id_from_link(plain_cell(row.get(original[id_col]) or "")),
-                   plain_cell(row.get(original[label_col]) or ""))
-    try:
-        return _collect(rows(), path)
-    except csv.Error as e:
-        raise LabelsError(f"{path}: CSV error near line {reader.line_num}: {e}") from e
+    return _collect(((line, id_from_link(cell(row, id_col)), cell(row, label_col)) for line, row in records), path)
 
 
 def load_labels(path: str | Path) -> Labels:

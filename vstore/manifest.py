@@ -22,6 +22,24 @@ MANIFEST_NAME = "manifest.json"
 SEGMENT_DIR = "segments"
 
 
+IMPORTED = "imported"
+IMPORTED_SAMPLING = {"frames": None, "sampling": IMPORTED}
+
+
+def sampling_record(frames: Optional[int], sampling: str) -> dict[str, Any]:
+    """How a store's videos were sampled, as recorded in its manifest and in every run."""
+    return {"frames": None if frames is None else int(frames), "sampling": str(sampling)}
+
+
+def describe_sampling(sampling: dict[str, Any]) -> str:
+    """``--frames 100 --sampling exact``, or ``imported vectors`` (how they were sampled is unknown)."""
+    if not sampling:
+        return "unknown sampling"
+    if sampling.get("sampling") == IMPORTED:
+        return "imported vectors (their frame sampling is not recorded)"
+    return f"--frames {sampling.get('frames')} --sampling {sampling.get('sampling')}"
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -56,7 +74,12 @@ class Manifest:
     dim: Optional[int] = None
     label_names: tuple[str, ...] = ()
     segments: tuple[SegmentEntry, ...] = ()
-    # Settings of the last build (frames, sampling...), for the record.
+    # How every video of the store was sampled, set by its first write and never changed:
+    # {"frames": N, "sampling": "exact" | "keyframe"} for builds, {"frames": None, "sampling":
+    # "imported"} for import-json; {} while the store is empty. Writers with other settings are
+    # refused (see ``writer.check_sampling``).
+    sampling: dict[str, Any] = field(default_factory=dict)
+    # Settings of the last write (build config, or where vectors were imported from), for the record.
     build: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=_now)
     updated: str = field(default_factory=_now)
@@ -68,6 +91,17 @@ class Manifest:
     @property
     def n_frames(self) -> int:
         return sum(s.frames for s in self.segments)
+
+    @property
+    def store_sampling(self) -> dict[str, Any]:
+        """``sampling``; for a store written before it was recorded, what its ``build`` says."""
+        if self.sampling or not self.segments:
+            return dict(self.sampling)
+        if "imported_from" in self.build:
+            return dict(IMPORTED_SAMPLING)
+        if "frames" in self.build and "sampling" in self.build:
+            return sampling_record(self.build["frames"], self.build["sampling"])
+        return {}
 
     def next(self, **changes: Any) -> "Manifest":
         """The manifest of the next commit."""
@@ -83,6 +117,7 @@ class Manifest:
             "dim": self.dim,
             "label_names": list(self.label_names),
             "segments": [asdict(s) for s in self.segments],
+            "sampling": self.sampling,
             "build": self.build,
             "created": self.created,
             "updated": self.updated,
@@ -117,6 +152,7 @@ class Manifest:
                 dim=dim,
                 label_names=tuple(names),
                 segments=tuple(SegmentEntry.from_dict(s) for s in d.get("segments", ())),
+                sampling=dict(d.get("sampling") or {}),
                 build=dict(d.get("build") or {}),
                 created=d.get("created", ""),
                 updated=d.get("updated", ""),

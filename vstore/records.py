@@ -29,6 +29,18 @@ def text_problem(value: object, what: str, max_bytes: int, controls: bool = Fals
     return None
 
 
+def evenly_spaced(total: int, n: Optional[int]) -> np.ndarray:
+    """(min(total, n),) int64 positions of ``n`` evenly spaced items among ``total``:
+    ``floor((i + 0.5) * total / n)``; every item once when ``total <= n`` (or ``n`` is None).
+
+    The one rule for choosing frames: which frames of a video a build samples, and which of a
+    video's stored frames a model capped at ``n`` frames keeps (training and ``predict``).
+    """
+    if n is None or total <= n:
+        return np.arange(total, dtype=np.int64)
+    return np.floor((np.arange(n) + 0.5) * total / n).astype(np.int64)
+
+
 def key_frame_index(video_id: str, total_frames: int) -> int:
     """The reference study's "random frame" of a video: ``sha256(id) % total_frames``.
 
@@ -97,6 +109,10 @@ class VideoTable:
         if not self._row_of:
             self._row_of = {v: i for i, v in enumerate(self.ids)}
         return self._row_of[video_id]
+
+    def video_rows_of(self, frame_rows: np.ndarray) -> np.ndarray:
+        """(R,) int64 store video row owning each global frame row (rows must be in range)."""
+        return np.searchsorted(self.frame_start, np.asarray(frame_rows, dtype=np.int64), side="right") - 1
 
     def __contains__(self, video_id: str) -> bool:
         try:

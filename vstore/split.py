@@ -95,5 +95,7 @@ def split_ids(store_path: str | Path, name: str, store: Optional[Store] = None) 
     """Ids of split ``name`` that the store holds, in store order."""
     split = load_split(store_path)
     wanted = set(split.ids(name))
-    ids = (store or Store.open(store_path)).videos.ids
-    return [v for v in ids if v in wanted]
+    if store is None:
+        with Store.open(store_path) as opened:
+            return [v for v in opened.videos.ids if v in wanted]
+    return [v for v in store.videos.ids if v in wanted]

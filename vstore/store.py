@@ -17,7 +17,7 @@ from .config import StoreConfig
 from .errors import StoreCorruptError, StoreNotFoundError, StoreWriteError, UnknownVideoError
 from .fsutil import WriteLock, command_line, inside
 from .manifest import SEGMENT_DIR, Manifest, read_manifest, write_manifest
-from .records import VideoTable
+from .records import VideoTable, evenly_spaced
 from .segment import SegmentReader
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,6 @@ class PaddedVideos:
     valid: np.ndarray  # (V, T) bool, True = real frame (PyTorch's padding mask is ~valid)
     lengths: np.ndarray  # (V,) int64
     labels: list[Optional[str]]
-
-
-def subsample_positions(n: int, max_frames: Optional[int]) -> np.ndarray:
-    """Evenly spaced positions keeping at most ``max_frames`` of ``n`` (same rule as sampling)."""
-    if max_frames is None or n <= max_frames:
-        return np.arange(n)
-    return np.floor((np.arange(max_frames) + 0.5) * n / max_frames).astype(np.int64)
 
 
 class Store:
@@ -277,7 +270,7 @@ class Store:
         table = self.videos
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n_frames):
             raise IndexError(f"frame rows must be in 0..{self.n_frames - 1}")
-        vrow = np.searchsorted(table.frame_start, rows, side="right") - 1
+        vrow = table.video_rows_of(rows)
         frame_index = np.empty(len(rows), dtype=np.int64)
         timestamp = np.empty(len(rows), dtype=np.float64)
         bases = np.concatenate([[0], np.cumsum([s.n_frames for s in self.segments])]).astype(np.int64)
@@ -348,7 +341,7 @@ class Store:
             return
         # Gather path: (stored row -> (output video, output slot)) for every kept frame, then
         # scan the covered rows in chunk-aligned blocks through a bounded scratch buffer.
-        keeps = [subsample_positions(int(c), max_frames) for c in n]
+        keeps = [evenly_spaced(int(c), max_frames) for c in n]
         src = np.concatenate([offsets[l] + k for l, k in zip(local, keeps)])  # (P,)
         dst_v = np.concatenate([np.full(len(k), s) for s, k in zip(sel, keeps)])
         dst_t = np.concatenate([np.arange(len(k)) for k in keeps])

@@ -13,9 +13,18 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import IncompatibleEncoderError, StoreWriteError, VStoreError
+from .errors import IncompatibleEncoderError, IncompatibleSamplingError, StoreWriteError, VStoreError
 from .fsutil import WriteLock, command_line, remove_temp_files
-from .manifest import SEGMENT_DIR, Manifest, SegmentEntry, orphan_segments, read_manifest, write_manifest
+from .manifest import (
+    IMPORTED,
+    SEGMENT_DIR,
+    Manifest,
+    SegmentEntry,
+    describe_sampling,
+    orphan_segments,
+    read_manifest,
+    write_manifest,
+)
 from .records import MAX_ID_BYTES, MAX_LABEL_CHARS, MAX_SOURCE_BYTES, VideoEntry, text_problem
 from .segment import write_segment
 from .store import LOCK_NAME, Store
@@ -54,6 +63,22 @@ def clean_leftovers(path: Path, manifest: Manifest) -> int:
     return removed
 
 
+def check_sampling(manifest: Manifest, sampling: dict[str, Any], store_path: Path) -> None:
+    """Refuse to mix videos sampled differently (another frame count or mode, or imported
+    vectors) in one store: a model trained on it, and ``predict``, assume one way."""
+    have = manifest.store_sampling
+    if not have or not sampling or have == sampling:
+        return
+    if have.get("sampling") == IMPORTED:
+        how = "import them into a new --store"
+    elif sampling.get("sampling") == IMPORTED:
+        how = "import into a new --store"
+    else:
+        how = f"rerun with {describe_sampling(have)}, or build into a new --store"
+    raise IncompatibleSamplingError(
+        f"{store_path} holds {describe_sampling(have)}; refusing to add {describe_sampling(sampling)}: {how}")
+
+
 class StoreWriter:
     """Appends videos to a store under its write lock.
 
@@ -63,16 +88,19 @@ class StoreWriter:
     """
 
     def __init__(self, path: str | Path, encoder: dict, build_info: Optional[dict[str, Any]] = None,
-                 on_commit: Optional[Callable[[int, int], None]] = None):
+                 on_commit: Optional[Callable[[int, int], None]] = None,
+                 sampling: Optional[dict[str, Any]] = None):
         self.path = Path(path)
         self.encoder = dict(encoder)
         self.dim = int(encoder["dim"])
         self.build_info = build_info or {}
+        self.sampling = dict(sampling or {})  # see Manifest.sampling; {} = not known
         self.on_commit = on_commit
         self._lock = WriteLock(self.path / LOCK_NAME, command_line()).acquire()
         try:
             self.manifest = read_manifest(self.path)
             check_encoder(self.manifest, self.encoder, self.path)
+            check_sampling(self.manifest, self.sampling, self.path)
             clean_leftovers(self.path, self.manifest)
             # Opening validates what is there; we only need the committed ids.
             with Store(self.path, self.manifest, Store._open_segments(self.path, self.manifest)) as store:
@@ -128,7 +156,7 @@ class StoreWriter:
         new = m.next(
             encoder=self.encoder, dim=self.dim, label_names=tuple(sorted(labels)),
             segments=m.segments + (SegmentEntry(f"{SEGMENT_DIR}/{name}", len(self._buffer), n_frames, size, digest),),
-            build=self.build_info or m.build,
+            build=self.build_info or m.build, sampling=m.store_sampling or self.sampling,
         )
         try:
             write_manifest(self.path, new)

@@ -1,18 +1,14 @@
 """``STORE/failures.csv`` (id, path, reason): the videos a build could not add, and why."""
 from __future__ import annotations
 
-import csv
-import io
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from vstore.csvsafe import plain_cell, safe_row
-from vstore.fsutil import atomic_write_bytes, path_text
-
-log = logging.getLogger(__name__)
+from vstore.csvfile import append_row, read_rows, write_csv
+from vstore.fsutil import path_text
 
 FAILURES_NAME = "failures.csv"
+FAILURE_COLUMNS = ("id", "path", "reason")
 
 
 @dataclass
@@ -21,10 +17,16 @@ class Failure:
     path: str
     reason: str
 
+    def cells(self) -> list[str]:
+        """Readable text for any path the OS gave (see ``path_text``); ``csvfile`` escapes
+        what a spreadsheet would run as a formula."""
+        return [path_text(c) for c in (self.id, self.path, self.reason)]
 
-def _cells(f: Failure) -> list[str]:
-    """A row safe to open in a spreadsheet, for any path the OS gave (see ``path_text``)."""
-    return safe_row(path_text(c) for c in (f.id, f.path, f.reason))
+
+def read_failures(store_path: str | Path) -> dict[str, Failure]:
+    """The failures listed in ``STORE/failures.csv`` by id (CSV records: a reason may span lines)."""
+    rows, _ = read_rows(Path(store_path) / FAILURES_NAME)
+    return {r["id"]: Failure(r["id"], r.get("path") or "", r.get("reason") or "") for r in rows if r.get("id")}
 
 
 class FailureLog:
@@ -33,27 +35,12 @@ class FailureLog:
 
     def __init__(self, store_path: Path):
         self.path = Path(store_path) / FAILURES_NAME
-        self.old: dict[str, Failure] = {}
-        if self.path.is_file():
-            try:  # a damaged log (invalid UTF-8, NULs) is read as far as it goes, never fatal
-                with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
-                    for row in csv.DictReader(f):
-                        vid = plain_cell(row.get("id") or "")
-                        if vid:
-                            self.old[vid] = Failure(vid, plain_cell(row.get("path") or ""),
-                                                    plain_cell(row.get("reason") or ""))
-            except (csv.Error, OSError) as e:
-                log.warning("%s is damaged (%s); it is rewritten at the end of this build", self.path, e)
+        self.old: dict[str, Failure] = read_failures(store_path)
         self.new: dict[str, Failure] = {}
 
     def add(self, failure: Failure) -> None:
         self.new[failure.id] = failure
-        fresh = not self.path.exists()
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            if fresh:
-                w.writerow(["id", "path", "reason"])
-            w.writerow(_cells(failure))
+        append_row(self.path, FAILURE_COLUMNS, failure.cells())
 
     def finish(self, attempted: set[str], committed: set[str]) -> None:
         # Older failures stay listed while still unresolved: not retried now, not in the
@@ -64,9 +51,4 @@ class FailureLog:
         if not keep:
             self.path.unlink(missing_ok=True)
             return
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["id", "path", "reason"])
-        for f in keep.values():
-            w.writerow(_cells(f))
-        atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))
+        write_csv(self.path, FAILURE_COLUMNS, (f.cells() for f in keep.values()))

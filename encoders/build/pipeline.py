@@ -21,6 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from vstore import Store, StoreConfig, StoreWriter, VideoEntry, VStoreError, compact
 from vstore.fsutil import path_text
 from vstore.labels import Labels
+from vstore.manifest import sampling_record
 from vstore.records import MAX_ID_BYTES, text_problem
 
 from ..errors import EXIT_SOME_FAILED
@@ -209,7 +210,8 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
                     labels.path, v, old, new)
     build_info = {**asdict(config), "encoder": encoder.name}
     failures = FailureLog(store_path)
-    with StoreWriter(store_path, encoder.identity, build_info=build_info) as writer:
+    with StoreWriter(store_path, encoder.identity, build_info=build_info,
+                     sampling=sampling_record(config.frames, config.sampling)) as writer:
         todo = [(vid, path) for vid, path in videos if vid not in writer]
         summary.skipped = len(videos) - len(todo)
         for f in clashes:

@@ -3,7 +3,9 @@
 ``concurrent.futures.ProcessPoolExecutor`` breaks entirely when one worker dies and cannot
 time out a stuck task. Here every worker is a process with its own pipe; a dispatcher thread
 hands out tasks, receives results while the caller is busy (so decoding overlaps encoding),
-kills workers that exceed the timeout and replaces dead ones. Results come back in
+kills workers that exceed the timeout and replaces dead ones. A task's timeout counts from
+when its worker is up (each says so once started), so a slow start on a busy machine is
+not taken for a hung decoder. Results come back in
 completion order through a bounded queue, which bounds memory.
 """
 from __future__ import annotations
@@ -40,6 +42,10 @@ def describe_exception(e: BaseException) -> str:
 def _worker_main(conn, fn: Callable[[Any], Any]) -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    try:
+        conn.send(_READY)  # the task's timeout counts from here, not from a (slow, busy-machine) start
+    except (BrokenPipeError, OSError):
+        return
     while True:
         try:
             task = conn.recv()
@@ -65,6 +71,7 @@ class _Worker:
         child.close()
         self.task: Any = None
         self.started = 0.0
+        self.ready = False  # has said it is running (imports done)
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -152,17 +159,23 @@ class IsolatedPool:
                     if w.conn in ready:
                         try:
                             msg = w.conn.recv()
-                            outcome = msg[1] if msg[0] == "ok" else TaskFailure(msg[1])
-                            if msg[0] != "ok":
-                                log.debug("task failed: %s\n%s", msg[1], msg[2])
+                            if msg == _READY:
+                                w.ready, w.started = True, now
+                            else:
+                                outcome = msg[1] if msg[0] == "ok" else TaskFailure(msg[1])
+                                if msg[0] != "ok":
+                                    log.debug("task failed: %s\n%s", msg[1], msg[2])
                         except (EOFError, OSError):
                             pass  # died while sending; handled as a crash below
                     if outcome is _NOTHING and not w.proc.is_alive():
                         code = w.proc.exitcode
                         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                         outcome = TaskFailure(f"decoder process crashed ({how})")
-                    elif outcome is _NOTHING and self.timeout and now - w.started > self.timeout:
+                    elif outcome is _NOTHING and self.timeout and w.ready and now - w.started > self.timeout:
                         outcome = TaskFailure(f"timed out after {self.timeout:.0f} s (decoder hung?)")
+                        w.proc.kill()
+                    elif outcome is _NOTHING and not w.ready and now - w.started > STARTUP_TIMEOUT:
+                        outcome = TaskFailure(f"decoder process timed out starting (not up within {STARTUP_TIMEOUT:.0f} s)")
                         w.proc.kill()
                     if outcome is _NOTHING:
                         continue
@@ -200,6 +213,8 @@ class IsolatedPool:
 
 _DONE = object()
 _NOTHING = object()
+_READY = ("ready",)  # a worker's first message
+STARTUP_TIMEOUT = 120.0  # seconds a new decode process may take to start (imports) before its task fails
 
 
 def run_inline(fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[tuple[Any, Any]]:

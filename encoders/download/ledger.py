@@ -12,10 +12,7 @@ end with this run's failures plus the earlier ones that were not retried.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -24,10 +21,9 @@ from typing import Callable, Iterable, Optional
 
 import av
 
-from vstore.csvsafe import plain_cell, safe_row
+from vstore.csvfile import append_row, read_rows, write_csv
 from vstore.errors import VStoreError
-from vstore.fsutil import atomic_write_bytes
-from vstore.labels import ID_COLUMNS, LABEL_COLUMNS, id_from_link, is_youtube_id
+from vstore.labels import ID_COLUMNS, LABEL_COLUMNS, cell, column, id_from_link, is_youtube_id, table_rows
 
 from ..errors import EXIT_SOME_FAILED
 from ..video.sampling import VIDEO_EXTENSIONS
@@ -118,33 +114,12 @@ class VideoTable:
 
 def _rows(text: str, path: Path) -> tuple[Iterable[tuple[int, str, str, str]], bool]:
     """(line, raw id, category, title) of each row, and whether the table has a category column."""
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    dialect = "excel-tab" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else "excel"
-    try:
-        header = [h.strip().lower() for h in next(csv.reader([first], dialect=dialect))]
-    except (csv.Error, StopIteration):
-        header = []
+    header, records = table_rows(text, path, VideoTableError)
     if not any(h in ID_COLUMNS for h in header):  # a plain list: one id or URL per line
         return ((i, ln.strip(), "", "") for i, ln in enumerate(text.splitlines(), 1) if ln.strip()), False
-    reader = csv.reader(io.StringIO(text, newline=""), dialect=dialect)
-    names = [h.strip().lower() for h in next(r for r in reader if any(c.strip() for c in r))]
-    id_col = next(names.index(c) for c in ID_COLUMNS if c in names)
-    label_col = next((names.index(c) for c in LABEL_COLUMNS if c in names), None)
-    title_col = next((names.index(c) for c in TITLE_COLUMNS if c in names), None)
-
-    def cell(row: list[str], col: Optional[int]) -> str:
-        return plain_cell(row[col]) if col is not None and col < len(row) else ""
-
-    def rows():
-        try:
-            for row in reader:
-                if not any(c.strip() for c in row):
-                    continue
-                # line_num is the line where the (possibly multi-line) record ended
-                yield reader.line_num, cell(row, id_col), cell(row, label_col), cell(row, title_col)
-        except csv.Error as e:
-            raise VideoTableError(f"{path}: CSV error near line {reader.line_num}: {e}") from None
-    return rows(), label_col is not None
+    id_col, label_col, title_col = column(header, ID_COLUMNS), column(header, LABEL_COLUMNS), column(header, TITLE_COLUMNS)
+    rows = ((line, cell(row, id_col), cell(row, label_col), cell(row, title_col)) for line, row in records)
+    return rows, label_col is not None
 
 
 def read_video_table(path: str | Path) -> VideoTable:
@@ -305,44 +280,6 @@ class DownloadedRow:
         return [self.id, one_line(self.category), self.path, d, one_line(self.title)]
 
 
-def _csv_line(cells: list[str]) -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(safe_row(cells))
-    return buf.getvalue().encode("utf-8")
-
-
-def _write_csv(path: Path, header: Iterable[str], rows: Iterable[list[str]]) -> None:
-    data = _csv_line(list(header)) + b"".join(_csv_line(r) for r in rows)
-    atomic_write_bytes(path, data)
-
-
-def _append_line(path: Path, header: Iterable[str], cells: list[str]) -> None:
-    """Append one row durably (flush + fsync): a crash loses at most a torn last line."""
-    fresh = not path.exists() or path.stat().st_size == 0
-    with open(path, "ab") as f:
-        f.write((_csv_line(list(header)) if fresh else b"") + _csv_line(cells))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_csv(path: Path) -> tuple[list[dict[str, str]], bool]:
-    """Rows of one of our CSVs, and whether it needs rewriting (torn last line, bad rows)."""
-    if not path.is_file():
-        return [], False
-    data = path.read_bytes()
-    torn = bool(data) and not data.endswith(b"\n")
-    if torn:  # the process died while appending: the last line is incomplete
-        data = data[:data.rfind(b"\n") + 1]
-        log.warning("%s: dropped an incomplete last line (an interrupted run)", path)
-    try:
-        rows = [{k: plain_cell(v) if isinstance(v, str) else v for k, v in r.items()}
-                for r in csv.DictReader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))]
-    except csv.Error as e:
-        log.warning("%s: unreadable (%s); starting it afresh", path, e)
-        return [], True
-    return rows, torn
-
-
 class DownloadedLog:
     """``OUT/downloaded.csv``: one row per finished video; the run's download archive."""
 
@@ -350,7 +287,7 @@ class DownloadedLog:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / DOWNLOADED_NAME
         self.rows: dict[str, DownloadedRow] = {}
-        raw, dirty = _read_csv(self.path)
+        raw, dirty = read_rows(self.path)
         parsed = [self._parse(r) for r in raw]
         self.rows.update((row.id, row) for row in parsed if row is not None)
         if dirty or None in parsed:
@@ -373,13 +310,13 @@ class DownloadedLog:
         return vid in self.rows
 
     def add(self, row: DownloadedRow) -> None:
-        _append_line(self.path, DOWNLOADED_COLUMNS, row.cells())
+        append_row(self.path, DOWNLOADED_COLUMNS, row.cells())
         self.rows[row.id] = row
 
     def rewrite(self) -> None:
         if not self.rows and not self.path.exists():
             return
-        _write_csv(self.path, DOWNLOADED_COLUMNS, (r.cells() for r in self.rows.values()))
+        write_csv(self.path, DOWNLOADED_COLUMNS, (r.cells() for r in self.rows.values()))
 
 
 # -- failures.csv -----------------------------------------------------------------------------------
@@ -402,7 +339,7 @@ class DownloadFailures:
     def __init__(self, out_dir: Path):
         self.path = Path(out_dir) / FAILURES_NAME
         self.old: dict[str, DownloadFailure] = {}
-        raw, _ = _read_csv(self.path)
+        raw, _ = read_rows(self.path)
         for r in raw:
             kind = (r.get("kind") or "").strip()
             if r.get("id") and kind in FAILURE_KINDS:
@@ -417,7 +354,7 @@ class DownloadFailures:
 
     def add(self, failure: DownloadFailure) -> None:
         self.new[failure.id] = failure
-        _append_line(self.path, FAILURE_COLUMNS, failure.cells())
+        append_row(self.path, FAILURE_COLUMNS, failure.cells())
 
     def current(self, downloaded: set[str]) -> dict[str, DownloadFailure]:
         keep = {k: f for k, f in self.old.items()
@@ -428,7 +365,7 @@ class DownloadFailures:
 
     def _rewrite(self, keep: dict[str, DownloadFailure]) -> None:
         if keep:
-            _write_csv(self.path, FAILURE_COLUMNS, (f.cells() for f in keep.values()))
+            write_csv(self.path, FAILURE_COLUMNS, (f.cells() for f in keep.values()))
         else:
             self.path.unlink(missing_ok=True)
 

@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import av
 import numpy as np
 
+from vstore.records import evenly_spaced as target_indices  # frame i of N: floor((i + 0.5) * total / N)
 from vstore.records import key_frame_index
 
 from ..errors import VideoError
@@ -41,13 +42,6 @@ VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
     ".flv", ".wmv", ".3gp", ".ogv",
 })
-
-
-def target_indices(total: int, n: int) -> np.ndarray:
-    """Indices of ``n`` evenly spaced frames among ``total``; every frame once if total <= n."""
-    if total <= n:
-        return np.arange(total, dtype=np.int64)
-    return np.floor((np.arange(n) + 0.5) * total / n).astype(np.int64)
 
 
 @dataclass
