@@ -7,6 +7,7 @@ the results table, curves and a contact sheet into the output directory.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +33,26 @@ class DemoConfig:
     videos_per_class: int = 8  # 4 classes -> 32 clips
     frames_per_clip: int = 48  # length of each generated clip (12 fps -> 4 s)
     frames: int = 16  # frames sampled per video by the build
-    epochs: int = 10  # the reference study's setting
+    # None: enough epochs for ``steps`` optimiser steps. The reference study's 10 epochs of
+    # batches of 16 are 20 steps on the demo's 24 training videos: every model underfits
+    # (linear F1 0.75 on classes a colour histogram separates); 150 steps fit them all.
+    epochs: Optional[int] = None
+    steps: int = 150
+    batch_size: int = 8
     encoder: str = DEFAULT_ENCODER  # falls back to thumbnail when CLIP weights cannot be had
     device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.videos_per_class < 4:
             raise ValueError("videos_per_class must be >= 4 (the split keeps a quarter for testing)")
+        if self.epochs is not None and self.epochs < 1 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError("epochs, steps and batch_size must be >= 1")
+
+    def epochs_for(self, n_train: int) -> int:
+        """``epochs``, or the fewest epochs giving at least ``steps`` optimiser steps."""
+        if self.epochs is not None:
+            return self.epochs
+        return math.ceil(self.steps / math.ceil(n_train / self.batch_size))
 
 
 @dataclass
@@ -87,13 +101,17 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None, progress: bool =
                 config=BuildConfig(frames=cfg.frames), store_config=StoreConfig(segment_videos=16),
                 progress=progress)
     with Store.open(result.store) as store:
-        save_split(result.store, make_split(store, SplitConfig(test_size=0.25, seed=0)))
+        split = make_split(store, SplitConfig(test_size=0.25, seed=0))
+    save_split(result.store, split)
+    epochs = cfg.epochs_for(split.counts()["train"])
 
-    say("[3/5] training linear, transformer and random-frame, with and without mixup, and kNN")
+    say(f"[3/5] training linear, transformer and random-frame, with and without mixup ({epochs} epochs of "
+        f"batches of {cfg.batch_size}), and kNN")
     for model in ("linear", "transformer", "random-frame"):
         for mixup in (False, True):
             run = out / "runs" / (model + ("-mixup" if mixup else ""))
-            run_training(result.store, TrainConfig(model=model, mixup=mixup, epochs=cfg.epochs, device=cfg.device),
+            run_training(result.store, TrainConfig(model=model, mixup=mixup, epochs=epochs, batch_size=cfg.batch_size,
+                                                       device=cfg.device),
                          run, progress=progress)
             result.runs.append(run)
     knn = out / "runs" / "knn"

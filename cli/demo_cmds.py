@@ -22,7 +22,8 @@ Examples:
 @click.option("--device", type=str, default=ConfigDefault(DEMO, "device"), show_default=True)
 @click.option("--videos-per-class", type=click.IntRange(min=4), default=ConfigDefault(DEMO, "videos_per_class"),
               show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=ConfigDefault(DEMO, "epochs"), show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=ConfigDefault(DEMO, "epochs"),
+              help="Training epochs [default: enough for 150 optimiser steps on the demo's videos].")
 @pass_quiet
 def demo_cmd(out, encoder_spec, device, videos_per_class, epochs, quiet):
     """Run the whole pipeline on labelled synthetic videos it generates.

@@ -209,3 +209,18 @@ def test_kill_during_build_keeps_exactly_the_committed_videos(class_videos, thum
     with Store.open(ref_store) as s:
         reference = {v: s.get_embeddings(v) for v in s.videos.ids}
     kill_build_repeatedly(videos, tmp_path / "store", reference, kills=3, seed=0)  # 30 in test_faults
+
+
+def test_info_counts_failure_records_not_lines(store_copy, runner):
+    import warnings
+
+    from cli.store_cmds import store_summary
+    with open(store_copy / "failures.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["id", "path", "reason"], ["bad1", "/v/bad1.mp4", "decoder said:\nline two"],
+                                 ["bad2", "/v/bad2.mp4", "no video stream"]])
+    r = runner.invoke(main, ["info", str(store_copy), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["failures"] == 2  # 4 physical lines after the header
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)  # the file is closed, not left to the GC
+        with Store.open(store_copy) as s:
+            assert store_summary(s)["failures"] == 2

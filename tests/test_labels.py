@@ -65,3 +65,15 @@ def test_bad_labels_files(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(LabelsError, match="does not exist"):
         load_labels(tmp_path / "nope.csv")
+
+
+def test_a_tab_separated_table_reads_the_same_in_labels_and_download(tmp_path):
+    """One reader of the dataset table: a TSV saved as .csv is detected by both."""
+    from encoders.download.ledger import read_video_table
+    path = tmp_path / "export.csv"
+    path.write_text("link\ttitle\tdescription\tcategory\n"
+                    "https://www.youtube.com/watch?v=abc\tA\t\"two\nlines\"\tfood\n"
+                    "def\tB\tx\ttravel\n")
+    assert load_labels(path).mapping == {"abc": "food", "def": "travel"}
+    table = read_video_table(path)
+    assert {v: e.category for v, e in table.entries.items()} == {"abc": "food", "def": "travel"}

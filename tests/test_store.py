@@ -276,3 +276,16 @@ def test_lock_file_names_the_holder(tmp_path):
     lock = WriteLock(tmp_path / ".lock", "vstore build x").acquire()
     assert f"pid {os.getpid()}" in (tmp_path / ".lock").read_text()
     lock.release()
+
+
+def test_one_rule_for_evenly_spaced_rows_and_frame_owners(thumb_store):
+    from encoders.video.sampling import target_indices
+    from vstore.records import evenly_spaced
+    assert target_indices is evenly_spaced  # the build's frame choice and the max_frames cap are one rule
+    assert evenly_spaced(10, None).tolist() == list(range(10)) and evenly_spaced(10, 4).tolist() == [1, 3, 6, 8]
+    with Store.open(thumb_store) as s:
+        t = s.videos
+        rows = np.array([0, 7, 8, s.n_frames - 1])
+        assert t.video_rows_of(rows).tolist() == [0, 0, 1, len(t) - 1]  # 8 frames a video
+        ids, _, _ = s.frame_refs(rows)
+        assert ids == [t.ids[0], t.ids[0], t.ids[1], t.ids[-1]]

@@ -123,3 +123,47 @@ def test_pickle_payload_in_model_pt_is_refused(split_store, runner, tmp_path):
     (out / "metrics.json").write_text(json.dumps(m))
     r = runner.invoke(main, ["predict", str(out), __file__])
     assert r.exit_code == 1 and "refused by weights_only loading" in r.output and "pwned" not in r.output
+
+
+def test_predict_without_a_key_frame_is_a_per_file_error(split_store, runner, tmp_path, class_videos, monkeypatch):
+    out = tmp_path / "rf"
+    r = runner.invoke(main, ["train", str(split_store), "--model", "random-frame", "--epochs", "1", "--out", str(out),
+                             "-q"])
+    assert r.exit_code == 0, r.output
+    import classifiers.predict as predict
+    real = predict.sample_video
+    clips = sorted(class_videos[0].glob("*.mp4"))[:2]
+
+    def keyless_first(path, *args, **kwargs):  # a file whose key frame the decoder did not give back
+        sampled = real(path, *args, **kwargs)
+        if str(path) == str(clips[0]):
+            sampled.key_frame_image = None
+        return sampled
+    monkeypatch.setattr(predict, "sample_video", keyless_first)
+    r = runner.invoke(main, ["predict", str(out), *map(str, clips)])
+    assert r.exit_code == 3, r.output
+    assert f"{clips[0]}: ERROR" in r.output and "key frame" in r.output
+    assert f"{clips[1]}: " in r.output.replace(f"{clips[1]}: ERROR", "")  # the batch went on
+
+
+def _open_store_files(store):
+    import os
+    fds = os.listdir("/proc/self/fd")
+    paths = []
+    for fd in fds:
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return [p for p in paths if p.startswith(str(store))]
+
+
+def test_training_and_split_ids_close_the_store(split_store, tmp_path):
+    from classifiers.config import TrainConfig
+    from classifiers.train import run_training
+    from vstore.split import split_ids
+    assert not _open_store_files(split_store)
+    run_training(split_store, TrainConfig(model="knn", k=3), tmp_path / "knn", progress=False)
+    assert not _open_store_files(split_store)
+    assert len(split_ids(split_store, "test")) == 4
+    assert not _open_store_files(split_store)
