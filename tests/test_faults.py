@@ -272,7 +272,8 @@ def test_7_second_concurrent_build_is_refused(class_videos, store_copy, runner):
         r = runner.invoke(main, ["build", str(videos), "--store", str(store_copy), "--encoder", "thumbnail"])
     assert r.exit_code == 1 and f"is being written by pid {os.getpid()}" in r.output
     assert "the first one" in r.output
-    assert Store.open(store_copy).n_videos == 16
+    with Store.open(store_copy) as s:
+        assert s.n_videos == 16
     procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "-q", "build", str(videos), "--store",
                                str(store_copy.parent / "both"), "--encoder", "thumbnail", "--frames", "3"],
                               cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
