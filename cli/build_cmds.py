@@ -4,13 +4,14 @@ from __future__ import annotations
 import click
 
 from encoders.build import EXIT_SOME_FAILED, FAILURES_NAME, BuildConfig, build_store
+from encoders.build.ray_engine import RayConfig
 from encoders.video.sampling import SAMPLING_MODES
 from vstore import StoreConfig
 from vstore.config import EMBEDDING_DTYPES
 from vstore.importer import import_json
 from vstore.labels import load_labels
 
-from .options import default_of, encoder_options, labels_option, pass_quiet, store_option
+from .options import default_of, encoder_options, engine_options, labels_option, pass_quiet, store_option
 
 
 @click.command("build", epilog=f"""\b
@@ -18,6 +19,8 @@ Examples:
   vstore build videos/ --store runs/store --labels youtube.csv --frames 100
   vstore build a.mp4 b.webm --store runs/store --encoder thumbnail --workers 4
   vstore build videos/ --store runs/store --sampling keyframe   # fast preview
+  vstore build videos/ --store runs/store --engine ray          # Ray on this machine
+  vstore build /shared/videos --store runs/store --engine ray --address auto   # a Ray cluster
 
 \b
 Exit status: 0 when every video was built (or already there), {EXIT_SOME_FAILED} when some
@@ -46,22 +49,32 @@ failed (listed in STORE/{FAILURES_NAME}), 1 on an error that stopped the build.
               help="Videos per committed segment of a new store (a crash loses at most one).")
 @click.option("--no-compact", is_flag=True,
               help="Keep the small segments of this build (default: merge them at the end for fast reads).")
+@engine_options
+@click.option("--ray-encoders", type=click.IntRange(min=0), default=default_of(RayConfig, "encoders"), show_default=True,
+              help="With --engine ray: encoder actors (0 = one per GPU of the cluster, or 1 CPU actor).")
 @pass_quiet
 def build_cmd(inputs, store, labels, frames, sampling, encoder_spec, device, batch_size, workers, video_timeout,
-              dtype, segment_videos, no_compact, quiet):
+              dtype, segment_videos, no_compact, engine, address, ray_encoders, quiet):
     """Sample frames of videos, embed them and add them to a store.
 
     INPUTS are video files or directories (searched recursively); a video's id is its file
     stem. Videos already in the store are skipped, so rerunning resumes an interrupted build.
+    With --engine ray, Ray workers decode and encode; this process writes the store, so only
+    the videos (and a checkpoint path) must be readable on the workers.
     """
     label_map = load_labels(labels) if labels else None
     config = BuildConfig(frames=frames, sampling=sampling, workers=workers, video_timeout=video_timeout,
                          compact=not no_compact)
     from encoders.registry import load_encoder
+    ray_config = None
+    if engine == "ray":  # the workers encode; here the encoder only names itself and its input size
+        ray_config = RayConfig(address=address, device="auto" if device == "auto" else device.split(":")[0],
+                               encoders=ray_encoders)
+        device = "cpu"
     encoder = load_encoder(encoder_spec, device=device, batch_size=batch_size)
     summary = build_store(inputs, store, encoder, labels=label_map, config=config,
                           store_config=StoreConfig(dtype=dtype, segment_videos=segment_videos),
-                          batch_size=batch_size, progress=not quiet)
+                          batch_size=batch_size, progress=not quiet, engine=engine, ray_config=ray_config)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
     click.echo(f"built {summary.built}, skipped {summary.skipped} (already in store), failed {summary.failed}"
                f" - {summary.frames} frames in {summary.seconds:.1f} s ({rate:.1f} frames/s)")

@@ -115,3 +115,13 @@ def pass_quiet(f: Callable) -> Callable:
         kwargs["quiet"] = bool(kwargs.get("quiet")) or bool((ctx.find_root().obj or {}).get("quiet"))
         return f(*args, **kwargs)
     return click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(wrapper)
+
+
+def engine_options(f: Callable) -> Callable:
+    """--engine local|ray / --address (the Ray cluster)."""
+    f = click.option("--address", default=None, metavar="ADDR",
+                     help="With --engine ray: auto (the cluster this machine joined with `ray start`), "
+                          "ray://HEAD:10001, or HEAD:6379 [default: start a private Ray on this machine].")(f)
+    f = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: this machine. ray: a Ray cluster (pip install 'vstore[ray]'; docs/scale.md).")(f)
+    return f

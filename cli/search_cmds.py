@@ -16,7 +16,7 @@ from vstore.index_load import load_index
 from vstore.search import LEVELS, Hit, query_from_frame, query_from_npy, query_from_video, search
 from vstore.split import SPLIT_NAMES
 
-from .options import ConfigDefault, DefaultsInHelp, default_of, json_option, pass_quiet, store_argument
+from .options import ConfigDefault, DefaultsInHelp, default_of, engine_options, json_option, pass_quiet, store_argument
 
 CLIP = "encoders.clip_encoder:ClipConfig"  # imported (with torch) only for image/text queries
 _SEARCH = inspect.signature(search).parameters  # search's own defaults (k, level)
@@ -29,6 +29,7 @@ Examples:
   vstore index runs/store --kind "IVF1024,SQ8"     # any FAISS factory string
   vstore index runs/store                          # after a build: adds only the new frames
   vstore index runs/store --rebuild
+  vstore index runs/store --engine ray             # IVF lists filled by Ray tasks, same index
 
 \b
 The index lives in STORE/index/ and records the store generation it covers; `vstore search`
@@ -54,10 +55,11 @@ refuses a stale index (or updates it with --refresh). Frame ids stay valid after
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of adding new frames.")
 @click.option("--refresh", is_flag=True,
               help="Bring the index up to date (what a plain run does; rebuilds a damaged one).")
+@engine_options
 @json_option
 @pass_quiet
-def index_cmd(store, kind, metric, nlist, hnsw_m, ef_construction, nprobe, ef_search, rebuild, refresh, as_json,
-              quiet):
+def index_cmd(store, kind, metric, nlist, hnsw_m, ef_construction, nprobe, ef_search, rebuild, refresh, engine,
+              address, as_json, quiet):
     """Build or update the FAISS indexes of STORE (every frame, and per-video means)."""
     given = {k: v for k, v in dict(kind=kind, metric=metric, nlist=nlist, hnsw_m=hnsw_m,
                                    ef_construction=ef_construction, nprobe=nprobe, ef_search=ef_search).items()
@@ -69,7 +71,12 @@ def index_cmd(store, kind, metric, nlist, hnsw_m, ef_construction, nprobe, ef_se
         except IndexDamagedError:
             meta = None
         config = replace(meta.config if meta else IndexConfig(), **given)
-    r = build_index(store, config, rebuild=rebuild, progress=not quiet)
+    if engine == "ray":
+        from vstore.index_ray import RayIndexConfig, build_index_ray
+        r = build_index_ray(store, config, rebuild=rebuild, progress=not quiet,
+                            ray_config=RayIndexConfig(address=address))
+    else:
+        r = build_index(store, config, rebuild=rebuild, progress=not quiet)
     if as_json:
         click.echo(json.dumps(vars(r), indent=2))
         return

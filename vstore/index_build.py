@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import faiss
 import numpy as np
@@ -161,7 +161,23 @@ class IndexReport:
     seconds: float
 
 
-def _new_parts(store: Store, config: IndexConfig, progress: bool) -> tuple[faiss.Index, faiss.Index, int]:
+class FrameAdder:
+    """Adds the frame vectors to the frame index, block by block as the store streams them
+    (``iter_rows``'s blocks). ``vstore.index_ray.RayFrameAdder`` adds them in Ray tasks instead."""
+
+    def __init__(self, index: faiss.Index, config: IndexConfig):
+        self.index, self.config = index, config
+
+    def add(self, start: int, emb: np.ndarray) -> None:
+        """Rows ``start..start+len(emb)-1``, in store order, (R, D) float32."""
+        self.index.add(prepare(emb, self.config.metric))
+
+    def finish(self) -> None:
+        """Called once after the last block: every row is in ``index`` on return."""
+
+
+def _new_parts(store: Store, config: IndexConfig, progress: bool,
+               adder: Callable[[faiss.Index, IndexConfig], FrameAdder] = FrameAdder) -> tuple[faiss.Index, faiss.Index, int]:
     """Build both indexes from scratch: (frame index, video index, trained rows)."""
     n, d = store.n_frames, int(store.dim)
     frames = new_index(config, factory_for(config, n, d), d)
@@ -178,12 +194,12 @@ def _new_parts(store: Store, config: IndexConfig, progress: bool) -> tuple[faiss
         del sample
         log.info("trained %s on %d vectors in %.1f s", factory_for(config, n, d), n_train, time.monotonic() - t)
     videos = new_index(config, factory_for(config, store.n_videos, d, for_videos=True), d)
-    _append(store, frames, videos, 0, 0, config, progress)
+    _append(store, frames, videos, 0, 0, config, progress, adder)
     return frames, videos, n
 
 
 def _append(store: Store, frames: faiss.Index, videos: faiss.Index, from_row: int, from_video: int,
-            config: IndexConfig, progress: bool) -> None:
+            config: IndexConfig, progress: bool, adder: Callable[[faiss.Index, IndexConfig], FrameAdder] = FrameAdder) -> None:
     """Add frame rows ``from_row..`` and videos ``from_video..`` of ``store`` (ids = rows)."""
     assert frames.ntotal == from_row and videos.ntotal == from_video, "ids are global rows, added in order"
     prepare_for_add(frames, config)
@@ -191,10 +207,12 @@ def _append(store: Store, frames: faiss.Index, videos: faiss.Index, from_row: in
     acc = _MeanAccumulator(store.videos.n_frames, from_video, store.n_videos - from_video, int(store.dim))
     with tqdm(total=store.n_frames - from_row, unit="frame", disable=not progress, desc="index",
               dynamic_ncols=True) as bar:
-        for _, emb, vrows in iter_rows(store, from_row, config.block_rows):
+        add = adder(frames, config)
+        for start, emb, vrows in iter_rows(store, from_row, config.block_rows):
             acc.add(vrows, emb)
-            frames.add(prepare(emb, config.metric))
+            add.add(start, emb)
             bar.update(len(emb))
+        add.finish()
     means = prepare(acc.means(), config.metric)  # (V_new, D)
     if len(means):
         if not videos.is_trained:
@@ -282,14 +300,15 @@ def _plan(store: Store, meta: Optional[IndexMeta], config: IndexConfig, rebuild:
 
 
 def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *, rebuild: bool = False,
-                progress: bool = False) -> IndexReport:
+                progress: bool = False, adder: Callable[[faiss.Index, IndexConfig], FrameAdder] = FrameAdder) -> IndexReport:
     """Create or bring up to date the index of the store at ``store_path``.
 
     ``config`` None keeps the existing index's settings (defaults for a new one); a config
     whose build settings differ from the existing index's rebuilds it. Otherwise only rows
     added since are indexed (none after ``compact``: index.json is relabelled), and the
     index is rebuilt when rows shifted (``verify --repair``) or its files are damaged.
-    Holds the store's write lock throughout.
+    Holds the store's write lock throughout. ``adder`` adds the frame vectors (see
+    ``FrameAdder``; ``vstore.index_ray`` passes one that adds them on a Ray cluster).
     """
     store_path = Path(store_path)
     t0 = time.monotonic()
@@ -337,7 +356,7 @@ def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *,
             if plan == "append":
                 assert meta is not None and frames is not None and videos is not None
                 log.info("adding %d new frame rows to the index of %s", store.n_frames - meta.frames, store_path)
-                _append(store, frames, videos, meta.frames, meta.videos, config, progress)
+                _append(store, frames, videos, meta.frames, meta.videos, config, progress, adder)
                 trained, added = meta.trained_rows, (store.n_frames - meta.frames, store.n_videos - meta.videos)
                 f_factory, v_factory = meta.frame_part.factory, meta.video_part.factory
             else:
@@ -345,7 +364,7 @@ def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *,
                 if config.kind == "auto" and config.auto_measure_min <= store.n_frames <= config.flat_max:
                     kind, why = measure_auto(store, config)
                     config, reason = replace(config, auto_choice=kind), f"{reason}; {why}"
-                frames, videos, trained = _new_parts(store, config, progress)
+                frames, videos, trained = _new_parts(store, config, progress, adder)
                 added = (store.n_frames, store.n_videos)
                 f_factory = factory_for(config, store.n_frames, d)
                 v_factory = factory_for(config, store.n_videos, d, for_videos=True)

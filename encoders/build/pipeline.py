@@ -31,9 +31,11 @@ from .workers import IsolatedPool, TaskFailure, run_inline
 
 if TYPE_CHECKING:  # torch is only needed once an encoder exists
     from ..base import FrameEncoder
+    from .ray_engine import RayConfig
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -146,7 +148,12 @@ class FrameBatcher:
             else:
                 self.parts[0] = (p, a + k, b)
         batch = np.concatenate([p.images[a:b] for p, a, b in take])  # (n, S, S, 3)
-        emb = self.encoder.encode_images(batch)  # (n, D)
+        if n < self.batch_size:
+            # Always a full batch: a frame's embedding then never depends on how many frames
+            # share its batch (BLAS picks other kernels for small batches: ~1e-7 apart), so
+            # any engine and any decode order give bit-identical vectors.
+            batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
+        emb = self.encoder.encode_images(batch)[:n]  # (n, D)
         self.buffered -= n
         pos = 0
         for p, a, b in take:
@@ -155,6 +162,27 @@ class FrameBatcher:
             p.filled += b - a
             if p.filled == len(p.images):
                 yield p
+
+
+def local_results(tasks: Sequence[DecodeTask], encoder: "FrameEncoder", config: BuildConfig, batch_size: int
+                  ) -> Iterator[tuple[DecodeTask, "_Pending | TaskFailure"]]:
+    """The local engine: decode in isolated processes, encode here; yields each video once
+    embedded (or its failure), in completion order."""
+    workers = auto_workers(encoder.device.type) if config.workers is None else config.workers
+    if workers == 0:
+        results = run_inline(decode_task, tasks)
+    else:
+        results = IsolatedPool(decode_task, min(workers, max(1, len(tasks))),
+                               timeout=config.video_timeout).imap_unordered(tasks)
+    batcher = FrameBatcher(encoder, batch_size)
+    for task, result in results:
+        if isinstance(result, TaskFailure):
+            yield task, result
+            continue
+        for p in batcher.add(task, result):
+            yield p.task, p
+    for p in batcher.flush():
+        yield p.task, p
 
 
 def _entry(p: _Pending, labels: Optional[Labels]) -> VideoEntry:
@@ -192,9 +220,16 @@ def plan_videos(inputs: Sequence[str | Path]) -> tuple[list[tuple[str, Path]], l
 def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "FrameEncoder",
                 labels: Optional[Labels] = None, config: Optional[BuildConfig] = None,
                 store_config: Optional[StoreConfig] = None, batch_size: Optional[int] = None,
-                progress: bool = True) -> BuildSummary:
-    """Build (or resume, or extend) the store at ``store_path`` from video files."""
+                progress: bool = True, engine: str = "local", ray_config: Optional["RayConfig"] = None
+                ) -> BuildSummary:
+    """Build (or resume, or extend) the store at ``store_path`` from video files.
+
+    ``engine``: ``local`` (decode processes on this machine, encoder in this process) or
+    ``ray`` (a Ray Data pipeline on a cluster, see ``ray_engine``; segments are still
+    written and committed here, so the store needs no filesystem shared with the workers)."""
     config = config or BuildConfig()
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     store_path = Path(store_path)
     t0 = time.monotonic()
     videos, clashes = plan_videos(inputs)
@@ -224,13 +259,12 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
         log.info("%d videos found, %d already in %s, %d to build", len(videos), summary.skipped, store_path, len(todo))
         tasks = [DecodeTask(vid, str(path), config.frames, config.sampling, encoder.input_size, config.decode_threads)
                  for vid, path in todo]
-        workers = auto_workers(encoder.device.type) if config.workers is None else config.workers
-        if workers == 0:
-            results = run_inline(decode_task, tasks)
+        batch = batch_size or encoder.batch_size
+        if engine == "ray":
+            from .ray_engine import ray_results
+            results = ray_results(tasks, encoder, config, ray_config, batch)
         else:
-            results = IsolatedPool(decode_task, min(workers, max(1, len(tasks))),
-                                   timeout=config.video_timeout).imap_unordered(tasks)
-        batcher = FrameBatcher(encoder, batch_size or encoder.batch_size)
+            results = local_results(tasks, encoder, config, batch)
         bar = tqdm(total=len(tasks), unit="video", disable=not progress, dynamic_ncols=True, desc="build")
 
         def done(p: _Pending) -> None:
@@ -256,11 +290,9 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
                         summary.failures.append(f)
                         bar.update(1)
                         continue
-                    for p in batcher.add(task, result):
-                        done(p)
-                for p in batcher.flush():
-                    done(p)
+                    done(result)
         finally:
+            results.close()  # stop decoders / the Ray pipeline now, not when garbage-collected
             bar.close()
             failures.finish(attempted, writer.committed)
     if config.compact and summary.built:

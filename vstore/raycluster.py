@@ -1,0 +1,45 @@
+"""Joining (or starting) a Ray cluster, shared by the Ray build (``encoders.build.ray_engine``)
+and the Ray index (``vstore.index_ray``). Ray is optional: imported only here, only when asked."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from .errors import VStoreError
+
+log = logging.getLogger(__name__)
+
+
+class RayEngineError(VStoreError):
+    """Ray is missing, the cluster cannot be reached, or it cannot run the job."""
+
+
+def import_ray():
+    """The ``ray`` module (with Ray Data), or a ``RayEngineError`` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RayEngineError('--engine ray needs Ray Data: pip install "vstore[ray]" (or "ray[data]")') from None
+    return ray
+
+
+def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
+    """Join the cluster at ``address`` (``auto``, ``ray://head:10001``, ``head:6379``) or, when
+    None, start a private Ray on this machine with ``num_cpus`` CPUs (None = all). Nothing when
+    this process already is a Ray driver. True when this call initialised Ray (the caller then
+    shuts it down with ``ray.shutdown()``)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": False,
+                              "logging_level": logging.WARNING, "include_dashboard": False}
+    if address is None:
+        kwargs["num_cpus"] = num_cpus
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset "starting execution" lines
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise RayEngineError(f"could not start or reach {where}: {str(e).strip().splitlines()[0][:300]}") from None
+    return True
