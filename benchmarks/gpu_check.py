@@ -235,7 +235,9 @@ def step_faiss(store: Path, quick: bool) -> dict[str, Any]:
     import numpy as np
 
     from vstore import Store
-    from vstore.index import IndexConfig, build_index, load_index
+    from vstore.index import IndexConfig
+    from vstore.index_build import build_index
+    from vstore.index_load import load_index
     if faiss.get_num_gpus() == 0 or not hasattr(faiss, "StandardGpuResources"):
         return {"ok": None, "reason": "faiss sees no GPU (faiss-cpu, or no CUDA device)"}
     res: dict[str, Any] = {"ok": True}

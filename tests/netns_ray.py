@@ -26,7 +26,8 @@ from encoders.build import BuildConfig, build_store
 from encoders.build.ray_engine import RayConfig
 from encoders.registry import load_encoder
 from vstore import Store, StoreConfig
-from vstore.index import IndexConfig, build_index
+from vstore.index import IndexConfig
+from vstore.index_build import build_index
 from vstore.index_load import load_index
 from vstore.index_ray import RayIndexConfig, build_index_ray
 from vstore.labels import load_labels
@@ -37,6 +38,7 @@ if os.environ.get("VSTORE_RAY_NETNS") != "1":  # pragma: no cover - guarded by t
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 4
+N_VIDEOS = 8  # few: on 2 busy cores each Ray build costs tens of seconds
 EXIT_SOME_FAILED = 3
 
 
@@ -54,10 +56,12 @@ def cluster():
 
 @pytest.fixture(scope="session")
 def videos(class_videos, tmp_path_factory) -> tuple[Path, Path]:
-    """(directory: the 16 class clips plus one that is not a video, labels.json)."""
+    """(directory: 8 of the class clips, two per class, plus one that is not a video; labels.json)."""
     src, labels = class_videos
     root = tmp_path_factory.mktemp("ray_videos")
-    shutil.copytree(src, root / "v")
+    (root / "v").mkdir()
+    for p in sorted(src.glob("*.mp4"))[:N_VIDEOS]:
+        shutil.copy(p, root / "v" / p.name)
     (root / "v" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
     return root / "v", labels
 
@@ -70,7 +74,7 @@ def spec(tiny_clip_path) -> str:
 def _build(videos, store, spec, engine, **kw):
     enc = load_encoder(spec, device="cpu")
     return build_store([videos[0]], store, enc, labels=load_labels(videos[1]),
-                       config=BuildConfig(frames=FRAMES, workers=kw.pop("workers", 0)),
+                       config=BuildConfig(frames=FRAMES, workers=kw.pop("workers", 0), compact=kw.pop("compact", True)),
                        store_config=StoreConfig(dtype="float32", segment_videos=kw.pop("segment_videos", 4)),
                        progress=False, engine=engine, **kw)
 
@@ -78,8 +82,8 @@ def _build(videos, store, spec, engine, **kw):
 @pytest.fixture(scope="session")
 def local_store(videos, spec, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ray_ref") / "local"
-    s = _build(videos, path, spec, "local")
-    assert s.built == 16 and [f.id for f in s.failures] == ["broken"]
+    s = _build(videos, path, spec, "local", compact=False)  # 2 segments: the Ray index merges 2+ parts
+    assert s.built == N_VIDEOS and [f.id for f in s.failures] == ["broken"]
     return path
 
 
@@ -115,7 +119,7 @@ def assert_same_store(a: Path, b: Path) -> None:
 def test_two_node_build_is_the_local_build(cluster, videos, spec, local_store, tmp_path):
     assert len(ray.nodes()) == 2
     s = _build(videos, tmp_path / "ray", spec, "ray", ray_config=RayConfig(videos_per_batch=3))
-    assert s.built == 16 and [f.id for f in s.failures] == ["broken"] and s.exit_code == EXIT_SOME_FAILED
+    assert s.built == N_VIDEOS and [f.id for f in s.failures] == ["broken"] and s.exit_code == EXIT_SOME_FAILED
     assert_same_store(local_store, tmp_path / "ray")
     assert failures(tmp_path / "ray") == failures(local_store)  # same reason, word for word
 
@@ -165,7 +169,7 @@ def test_killed_decode_worker_and_encoder_actor_cost_only_a_retry(cluster, video
         for w in watchers:
             w.join()
     assert killed_decoder and killed_actor, (killed_decoder, killed_actor)
-    assert s.built == 16 and [f.id for f in s.failures] == ["broken"]
+    assert s.built == N_VIDEOS and [f.id for f in s.failures] == ["broken"]
     assert_same_store(local_store, tmp_path / "ray")
 
 
@@ -188,7 +192,7 @@ def test_driver_killed_then_rerun_resumes(cluster, videos, spec, local_store, tm
         proc.wait()
     with Store.open(store) as s:
         committed = s.n_videos
-    assert 2 <= committed < 16
+    assert 2 <= committed < N_VIDEOS
     from click.testing import CliRunner
     r = CliRunner().invoke(cli_main, cmd[3:], catch_exceptions=False)
     assert r.exit_code == EXIT_SOME_FAILED, r.output
@@ -201,10 +205,10 @@ def test_index_on_ray_is_the_local_index(cluster, local_store, tmp_path):
     shutil.copytree(local_store, a)
     shutil.copytree(local_store, b)
     # small blocks and groups: several tasks, lists merged from several parts
-    cfg = IndexConfig(kind="IVF4,Flat", min_train_rows=16, nprobe=2, block_rows=8)
+    cfg = IndexConfig(kind="IVF4,Flat", min_train_rows=16, nprobe=2, block_rows=4)
     ra = build_index(a, cfg)
-    rb = build_index_ray(b, cfg, ray_config=RayIndexConfig(group_rows=16))
-    assert (ra.factory, ra.frames) == (rb.factory, rb.frames) == ("IVF4,Flat", 64)
+    rb = build_index_ray(b, cfg, ray_config=RayIndexConfig(group_rows=8))
+    assert (ra.factory, ra.frames) == (rb.factory, rb.frames) == ("IVF4,Flat", N_VIDEOS * FRAMES)
     fa, fb = (next((p / "index").glob("frames-*.faiss")).read_bytes() for p in (a, b))
     assert fa == fb  # the very same index file
     with Store.open(a) as s:
@@ -228,7 +232,7 @@ def test_private_ray_through_the_cli(videos, spec, local_store, tmp_path):
                                "--frames", str(FRAMES), "--encoder", spec, "--dtype", "float32", "--engine", "ray"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == EXIT_SOME_FAILED, r.stdout + r.stderr
-    assert "built 16, skipped 0 (already in store), failed 1" in r.stdout
+    assert f"built {N_VIDEOS}, skipped 0 (already in store), failed 1" in r.stdout
     assert "1 video(s) failed; reasons in" in r.stderr
     assert failures(store) == failures(local_store)
     assert_same_store(local_store, store)

@@ -23,6 +23,7 @@ def _netns_reason() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_ray_engines_on_loopback():
     pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
     reason = _netns_reason()
@@ -34,6 +35,6 @@ def test_ray_engines_on_loopback():
     inner = (f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider -o python_files=netns_*.py"
              " -o timeout=400 tests/netns_ray.py")
     r = subprocess.run(["unshare", "-n", "sh", "-c", inner], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=900)
+                       timeout=1400)
     print(r.stdout[-6000:], r.stderr[-3000:])
     assert r.returncode == 0, f"Ray tests failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"

@@ -27,8 +27,9 @@ import faiss
 import numpy as np
 
 from .errors import IndexBuildError
-from .index import IndexConfig, prepare
+from .index import IndexConfig
 from .index_build import FrameAdder, IndexReport, build_index
+from .index_faiss import prepare
 from .raycluster import connect, import_ray
 
 log = logging.getLogger(__name__)
