@@ -52,7 +52,10 @@ class RayConfig:
     device: str = "auto"
     encoders: int = 0  # encoder actors (fixed pool); 0 = one per GPU, or 1 CPU actor without GPUs
     encoder_cpus: float = 1.0  # CPUs a CPU encoder actor reserves (its torch threads)
-    videos_per_batch: int = 4  # videos handed to an encoder actor at a time
+    # Videos handed to an encoder actor at a time (16 x 101 frames = 6.3 batches of 256: the
+    # padded last batch of each costs < 10%). The batch size itself is --batch-size, as
+    # locally: the same batch size gives bit-identical vectors, another one may not.
+    videos_per_batch: int = 16
     wave_videos: int = 2048  # videos per Ray Data pipeline run (bounds driver and object store memory)
     task_retries: int = 2  # a decode whose worker dies is retried this often before the video fails
 
@@ -176,13 +179,14 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
         raise RayEngineError(f"encoder {encoder.name} records no spec to load it on the Ray workers")
     started = connect(rc.address, rc.num_cpus)
     ray = import_ray()
+    saved: dict[str, Any] = {}
     try:
         device, n_actors, resources = _encoder_pool(ray, rc)
         threads = max(1, math.floor(rc.encoder_cpus))
         ctx = ray.data.DataContext.get_current()
+        saved.update({k: getattr(ctx, k) for k in ("enable_progress_bars", "max_errored_blocks")})
         ctx.enable_progress_bars = False  # the driver's own bar says what matters
         ctx.max_errored_blocks = -1  # a decode task that died after its retries drops only its video
-        ctx.log_internal_stack_trace = False
         log.info("Ray build: %d videos, %d %s encoder actor(s), %g cluster CPUs", len(tasks), n_actors, device,
                  ray.cluster_resources().get("CPU", 0))
         for w in range(0, len(tasks), rc.wave_videos):
@@ -216,5 +220,7 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
                     yield task, TaskFailure(f"Ray worker died decoding it ({rc.task_retries + 1} attempts; "
                                             "killed, out of memory or a decoder crash: see the Ray logs)")
     finally:
+        for k, v in saved.items():
+            setattr(ray.data.DataContext.get_current(), k, v)
         if started:
             ray.shutdown()
