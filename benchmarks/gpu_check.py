@@ -177,11 +177,12 @@ def step_build(spec: str, device: str, videos: Path, out: Path, frames: int, eng
     store = out / "stores" / f"{engine}-{sampling}-{workers}"
     shutil.rmtree(store, ignore_errors=True)
     kw: dict[str, Any] = {}
+    batch = 256 if device.startswith("cuda") else None
     if engine == "ray":
         from encoders.build.ray_engine import RayConfig
         kw["ray_config"] = RayConfig(device=device)
-        device = "cpu"  # the driver's encoder only names itself; the actors encode
-    enc = load_encoder(spec, device=device, batch_size=256 if device.startswith("cuda") else None)
+        device = "cpu"  # the driver's encoder only names itself; the actors encode (batch 256 on a GPU)
+    enc = load_encoder(spec, device=device, batch_size=batch)
     t = time.perf_counter()
     s = build_store([videos], store, enc, labels=load_labels(videos / "labels.json"),
                     config=BuildConfig(frames=frames, sampling=sampling, workers=workers, compact=False),
@@ -249,20 +250,31 @@ def step_faiss(store: Path, quick: bool) -> dict[str, Any]:
             n = min(1000, s.n_frames)
             q = np.ascontiguousarray(np.concatenate([b.embeddings for b in s.iter_blocks(dtype=np.float32)])[:n])
         faiss.normalize_L2(q)
-        if hasattr(index.frames, "nprobe"):
-            index.frames.nprobe = 8
         if gpu is None:
             res[kind] = "no GPU copy made"
             res["ok"] = False
             continue
-        if hasattr(gpu, "nprobe"):
-            gpu.nprobe = 8
+        _set_nprobe(index.frames, 8)
+        _set_nprobe(gpu, 8)
         dc, ic = index.frames.search(q, 10)
         dg, ig = gpu.search(q, 10)
         same = float((ic == ig).mean())
         res[kind] = {"same_ids": same, "max_distance_diff": float(np.abs(dc - dg).max())}
         res["ok"] = res["ok"] and same >= 0.999
     return res
+
+
+def _set_nprobe(index, n: int) -> None:
+    import faiss
+    try:
+        faiss.extract_index_ivf(index).nprobe = n
+        return
+    except (RuntimeError, AttributeError, TypeError):
+        pass
+    if hasattr(index, "setNumProbes"):  # a GPU IVF index
+        index.setNumProbes(n)
+    elif hasattr(index, "nprobe"):
+        index.nprobe = n
 
 
 def main() -> int:
