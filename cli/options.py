@@ -11,6 +11,7 @@ from typing import Any, Callable, Union
 import click
 
 from encoders.registry import DEFAULT_ENCODER
+from vstore.raycluster import ENGINES, EngineConfig
 
 
 def default_of(config: Union[type, str], name: str) -> Any:
@@ -122,6 +123,6 @@ def engine_options(f: Callable) -> Callable:
     f = click.option("--address", default=None, metavar="ADDR",
                      help="With --engine ray: auto (the cluster this machine joined with `ray start`), "
                           "ray://HEAD:10001, or HEAD:6379 [default: start a private Ray on this machine].")(f)
-    f = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    f = click.option("--engine", type=click.Choice(ENGINES), default=default_of(EngineConfig, "engine"), show_default=True,
                      help="local: this machine. ray: a Ray cluster (pip install 'vstore[ray]'; docs/scale.md).")(f)
     return f

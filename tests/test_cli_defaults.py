@@ -15,10 +15,12 @@ from classifiers.demo import DemoConfig
 from cli.main import main
 from cli.options import default_of
 from encoders.build import BuildConfig
+from encoders.build.ray_engine import RayConfig
 from encoders.clip_encoder import ClipConfig
 from encoders.download import DownloadConfig
 from vstore.config import StoreConfig
 from vstore.index import IndexConfig
+from vstore.raycluster import EngineConfig
 from vstore.search import search
 from vstore.split import SplitConfig
 
@@ -33,6 +35,9 @@ DEFAULTS = {
     ("build", "dtype"): (StoreConfig, "dtype"),
     ("build", "segment_videos"): (StoreConfig, "segment_videos"),
     ("build", "device"): (ClipConfig, "device"),
+    ("build", "engine"): (EngineConfig, "engine"),
+    ("build", "ray_encoders"): (RayConfig, "encoders"),
+    ("index", "engine"): (EngineConfig, "engine"),
     ("import-json", "dtype"): (StoreConfig, "dtype"),
     ("demo", "encoder_spec"): (DemoConfig, "encoder"),
     ("demo", "device"): (DemoConfig, "device"),

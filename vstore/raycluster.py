@@ -3,11 +3,28 @@ and the Ray index (``vstore.index_ray``). Ray is optional: imported only here, o
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import VStoreError
 
 log = logging.getLogger(__name__)
+
+
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class EngineConfig:
+    """Where `vstore build` / `vstore index` run (not recorded in the store: both engines make
+    the same store and index)."""
+
+    engine: str = "local"  # local = this machine; ray = a Ray cluster (docs/scale.md)
+    address: Optional[str] = None  # ray: None = a private Ray here, "auto", "ray://head:10001", "head:6379"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
 
 
 class RayEngineError(VStoreError):

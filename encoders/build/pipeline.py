@@ -22,6 +22,7 @@ from vstore import Store, StoreConfig, StoreWriter, VideoEntry, VStoreError, com
 from vstore.fsutil import path_text
 from vstore.labels import Labels
 from vstore.manifest import sampling_record
+from vstore.raycluster import ENGINES
 from vstore.records import MAX_ID_BYTES, text_problem
 
 from ..errors import EXIT_SOME_FAILED
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # torch is only needed once an encoder exists
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")
 
 
 @dataclass
