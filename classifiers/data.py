@@ -4,7 +4,7 @@ A split is loaded once (chunk reads of the HDF5 segments), converted to float32 
 the training device once; batches are index-selects on those tensors. What each model needs:
 
 * ``linear``: the pooled (masked-mean) embedding per video, ``(V, D)``, computed at load.
-* ``transformer``: frames ``(V, T, D)`` + mask ``(V, T)``; when they would not fit the memory
+* ``transformer`` and ``transformer-reference``: frames ``(V, T, D)`` + mask ``(V, T)``; when they would not fit the memory
   budget, they are streamed in chunk-aligned blocks of videos instead (``FrameStream``).
 * ``random-frame``: the key-frame embedding ``(V, D)``, and the key-frame pixels
   ``(V, S, S, 3)`` uint8 when mixup or fine-tuning needs the encoder.
@@ -21,6 +21,8 @@ import torch
 
 from vstore import Store
 from vstore.errors import SplitError
+
+from .models import SEQUENCE_MODELS
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ def load_split_data(store: Store, ids: Sequence[str], model: str, device: torch.
     if model == "linear":
         means = store.video_means(ids)  # (V, D) streamed from the store
         data.tensors["pooled"] = torch.from_numpy(means).to(device)
-    elif model == "transformer":
+    elif model in SEQUENCE_MODELS:
         T = int(min(store.videos.n_frames[store.rows(ids)].max(), max_frames or 1 << 30))
         need = len(ids) * T * (store.dim or 0) * 4
         budget = memory_budget if memory_budget is not None else available_memory_bytes() // 2

@@ -1,7 +1,14 @@
 """``vstore report``: the reference study's results table from several runs.
 
 Rows are metrics, columns are runs (model x mixup); cells are ``mean +/- std`` over seeds
-when a run had several. Written as Markdown with a PNG bar chart beside it.
+(and folds, for ``--folds`` runs) when a run had several. Written as Markdown with a PNG bar
+chart beside it.
+
+Paired comparisons: for every pair of runs evaluated on the same test videos (the same stored
+split, or the same ``--folds K --repeats R`` on the same store), the mean difference in
+accuracy over the shared test units (video x fold x repeat, each run's correctness averaged
+over its seeds), its 95% paired-bootstrap interval and p-value (``classifiers.folds``). A
+difference whose p-value is under 0.05 is marked significant.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import numpy as np
 
 from vstore.fsutil import atomic_write_bytes
 
+from .folds import UNITS_NAME, paired_bootstrap, read_units
 from .metrics import SCALARS
 from .plots import plot_report
 from .runs import Run, load_run
@@ -38,7 +46,7 @@ def unique_columns(runs: Sequence[Run]) -> list[str]:
 
 def _cell(run: Run, metric: str) -> str:
     m = run.metrics
-    if m.get("seeds", 1) > 1:
+    if m.get("seeds", 1) > 1 or m.get("folds", 1) > 1:
         return f"{m[metric]:.3f} ± {m[metric + '_std']:.3f}"
     return f"{m[metric]:.3f}"
 
@@ -51,6 +59,9 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[str, list[Run]]:
         lines.append(f"| {METRIC_NAMES[metric]} | " + " | ".join(_cell(r, metric) for r in runs) + " |")
     lines.append("| Test videos | " + " | ".join(str(r.metrics.get("n_test", "?")) for r in runs) + " |")
     lines.append("| Seeds | " + " | ".join(str(r.metrics.get("seeds", 1)) for r in runs) + " |")
+    if any(r.metrics.get("folds", 1) > 1 for r in runs):
+        lines.append("| Folds x repeats | " + " | ".join(
+            f"{r.metrics.get('folds', 1)} x {r.metrics.get('repeats', 1)}" for r in runs) + " |")
     stores = sorted({r.metrics.get("store", "?") for r in runs})
     encoders = sorted({str(r.metrics.get("encoder")) for r in runs})
     notes = [f"Store: {', '.join(stores)}; encoder: {', '.join(encoders)}."]
@@ -58,7 +69,44 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[str, list[Run]]:
         notes.append("**Warning:** these runs come from different stores; their figures are not comparable.")
     if len({tuple(r.metrics.get("label_names", [])) for r in runs}) > 1:
         notes.append("**Warning:** these runs have different label sets.")
-    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n", runs
+    text = "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+    paired = paired_table(runs, cols)
+    return text + ("\n" + paired if paired else ""), runs
+
+
+def paired_comparisons(runs: Sequence[Run]) -> list[dict]:
+    """Every pair of runs with shared test units: mean accuracy difference and paired test."""
+    units = {i: read_units(Path(r.path) / UNITS_NAME) for i, r in enumerate(runs) if (Path(r.path) / UNITS_NAME).is_file()}
+    out = []
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            if i not in units or j not in units or runs[i].metrics.get("store") != runs[j].metrics.get("store"):
+                continue
+            shared = sorted(set(units[i]) & set(units[j]))
+            if not shared:
+                continue
+            res = paired_bootstrap(np.array([units[i][k] for k in shared]), np.array([units[j][k] for k in shared]))
+            out.append({"a": i, "b": j, "n": res.n, "mean_diff": res.mean_diff, "ci": (res.ci_low, res.ci_high),
+                        "p_value": res.p_value, "significant": res.significant,
+                        "complete": len(shared) == len(units[i]) == len(units[j])})
+    return out
+
+
+def paired_table(runs: Sequence[Run], cols: Sequence[str]) -> str:
+    rows = paired_comparisons(runs)
+    if not rows:
+        return ""
+    lines = ["## Paired comparisons", "",
+             "Accuracy of A minus accuracy of B over the test units both were evaluated on (video x fold x "
+             "repeat; each run's correctness averaged over its seeds); 95% paired-bootstrap interval and "
+             "two-sided p-value (10,000 resamples).", "",
+             "| A | B | units | mean difference | 95% interval | p | significant (p < 0.05) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {cols[r['a']]} | {cols[r['b']]} | {r['n']}{'' if r['complete'] else ' (partial)'} | "
+                     f"{r['mean_diff']:+.4f} | [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] | {r['p_value']:.4f} | "
+                     f"{'**yes**' if r['significant'] else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> tuple[Path, Path]:

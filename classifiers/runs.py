@@ -56,7 +56,7 @@ def check_out_dir(out: Path) -> None:
 
 def save_run(out_dir: str | Path, cfg: TrainConfig, metrics: dict[str, Any], history: list[dict[str, Any]],
              model_state: Optional[dict[str, torch.Tensor]], model_cfg: Optional[ModelConfig], store: Store,
-             test_probs: np.ndarray, test_ids: list[str]) -> Path:
+             test_probs: np.ndarray, test_ids: list[str], extra_files: Optional[dict[str, bytes]] = None) -> Path:
     """Write the run into a fresh directory beside ``out_dir``, then swap it in: ``out_dir``
     is the old run or the new one, whole, whenever the process dies. ``metrics.json`` records
     a run id and the SHA-256 of every other file, which ``load_run`` checks."""
@@ -83,7 +83,7 @@ def save_run(out_dir: str | Path, cfg: TrainConfig, metrics: dict[str, Any], his
             w.writerow(safe_row([vid, names[t], names[int(p.argmax())]] + [f"{x:.5f}" for x in p]))
         (work / "predictions.csv").write_bytes(buf.getvalue().encode("utf-8"))
         checkpoint = {
-            "format": RUN_FORMAT, "format_version": 1, "run_id": run_id,
+            "format": RUN_FORMAT, "format_version": 2, "run_id": run_id,
             "train_config": asdict(cfg),
             "model_config": asdict(model_cfg) if model_cfg else None,
             "label_names": list(names),
@@ -96,6 +96,8 @@ def save_run(out_dir: str | Path, cfg: TrainConfig, metrics: dict[str, Any], his
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
         (work / "model.pt").write_bytes(buf.getvalue())
+        for name, data in (extra_files or {}).items():  # names chosen by the code (test_units.csv), never by input
+            (work / Path(name).name).write_bytes(data)
         files = {p.name: file_sha256(p) for p in sorted(work.iterdir())}
         metrics["run"] = {"id": run_id, "files": files}
         (work / "metrics.json").write_bytes(_json_bytes(metrics))
@@ -139,6 +141,11 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
                        f"containers ({_refusal(e)}); do not load it otherwise, retrain with `vstore train`") from None
     if not isinstance(ck, dict) or ck.get("format") != RUN_FORMAT:
         raise RunError(f"{path} is not a vstore model checkpoint")
+    mc = ck.get("model_config")
+    if ck.get("format_version", 1) < 2 and isinstance(mc, dict) and mc.get("model") == "transformer":
+        mc["model"] = "transformer-reference"  # version 1's transformer is today's transformer-reference
+        if isinstance(ck.get("train_config"), dict):
+            ck["train_config"]["model"] = "transformer-reference"
     return ck
 
 

@@ -22,6 +22,7 @@ from vstore.split import load_split
 
 from .config import BASELINES, TrainConfig
 from .data import SplitData, load_split_data
+from .folds import UNITS_NAME, unit_rows_csv
 from .metrics import aggregate_seeds, classification_metrics
 from .mixup import Mixup, mix_targets, soft_cross_entropy
 from .models import ModelConfig, build_model
@@ -73,11 +74,38 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": rest, "lr": cfg.lr}]
     if visual:
         groups.append({"params": visual, "lr": cfg.encoder_lr})
-    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.recipe == "reference":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """Per-step learning-rate schedule: constant, or cosine decay to 0 over ``total_steps``."""
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps))))
+
+
+@torch.no_grad()
+def feature_stats(data: SplitData) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D,) mean and std of the features a model standardises: pooled embeddings, key-frame
+    embeddings, or every real frame (streamed blocks included), in float64."""
+    if "pooled" in data.tensors or "key_embedding" in data.tensors:
+        x = data.tensors.get("pooled", data.tensors.get("key_embedding")).double()  # (V, D)
+        return x.mean(0).float(), x.std(0, unbiased=False).float()
+    s = s2 = n = None
+    for _, batch in data.batches(256):
+        w = batch["valid"].double().unsqueeze(-1)  # (B, T, 1)
+        f = batch["frames"].double() * w  # (B, T, D)
+        bs, bs2, bn = f.sum((0, 1)), (f * f).sum((0, 1)), w.sum()
+        s, s2, n = (bs, bs2, bn) if s is None else (s + bs, s2 + bs2, n + bn)
+    mean = s / n
+    return mean.float(), (s2 / n - mean * mean).clamp_min(0).sqrt().float()
 
 
 def train_steps(model: nn.Module, opt: torch.optim.Optimizer, data: SplitData, cfg: TrainConfig,
-                generator: torch.Generator, mixup: Optional[Mixup]):
+                generator: torch.Generator, mixup: Optional[Mixup], scheduler=None):
     """One epoch as a generator of per-step losses (the hot loop: tensor slicing only).
     AMP on CUDA is bfloat16 autocast, which needs no gradient scaler."""
     model.train()
@@ -93,26 +121,38 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, data: SplitData, c
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         yield loss.detach()
 
 
 def train_seed(seed: int, cfg: TrainConfig, model_cfg: ModelConfig, train: SplitData, evalset: SplitData,
-               eval_name: str, label_names: list[str], encoder_factory=None, progress: bool = True) -> SeedResult:
+               eval_name: str, label_names: list[str], encoder_factory=None, progress: bool = True,
+               stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> SeedResult:
+    """Train one seed. ``stats``: (D,) mean and std for a model with ``standardize``. With
+    ``cfg.keep_best`` and a validation ``evalset``, the weights of the evaluation with the
+    lowest validation loss are the ones returned."""
     gen = seed_everything(seed)
     encoder = encoder_factory() if encoder_factory else None
     model = build_model(model_cfg, encoder).to(train.device)
+    if model_cfg.standardize and stats is not None:
+        model.scale.set(stats[0].to(train.device), stats[1].to(train.device))
     opt = make_optimizer(model, cfg)
-    mixup = Mixup(cfg.alpha, seed=seed) if cfg.mixup else None
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    scheduler = make_scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
+    mixup = Mixup(cfg.alpha, seed=seed) if cfg.mixup else None
     history: list[dict[str, Any]] = []
     epoch_seconds: list[float] = []
     step, running, last_f1 = 0, [], float("nan")
+    best: dict[str, Any] = {"loss": float("inf"), "state": None}
 
     def do_eval(epoch: int) -> None:
         nonlocal running, last_f1
         m = evaluate(model, evalset, label_names, amp=cfg.amp)
         model.train()
         last_f1 = m["f1_micro"]
+        if cfg.keep_best and eval_name == "val" and m["loss"] < best["loss"]:
+            best.update(loss=m["loss"], step=step, state={k: v.detach().clone() for k, v in model.state_dict().items()})
         history.append({"seed": seed, "epoch": epoch, "step": step, "split": eval_name,
                         "train_loss": float(torch.stack(running).mean()) if running else float("nan"),
                         "eval_loss": m["loss"], "eval_accuracy": m["accuracy"],
@@ -124,7 +164,7 @@ def train_seed(seed: int, cfg: TrainConfig, model_cfg: ModelConfig, train: Split
                    unit="step", leave=False, dynamic_ncols=True,
                    disable=None if progress else True)  # None: no per-epoch bars in logs (not a terminal)
         t0, eval_time = time.perf_counter(), 0.0
-        for loss in train_steps(model, opt, train, cfg, gen, mixup):
+        for loss in train_steps(model, opt, train, cfg, gen, mixup, scheduler):
             step += 1
             running.append(loss)
             bar.update(1)
@@ -139,6 +179,10 @@ def train_seed(seed: int, cfg: TrainConfig, model_cfg: ModelConfig, train: Split
             do_eval(epoch)
         bar.set_postfix(loss=f"{float(loss):.3f}", f1=f"{last_f1:.3f}")
         bar.close()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        log.info("%s seed %d: kept the weights of step %d (lowest validation loss %.4f)",
+                 cfg.run_name, seed, best["step"], best["loss"])
     return SeedResult(seed, history, model, epoch_seconds)
 
 
@@ -166,7 +210,7 @@ def _run_training(store: Store, store_path: str | Path, cfg: TrainConfig, out_di
     train_ids = [v for v in store.videos.ids if split.assignment.get(v) == "train"]
     test_ids = [v for v in store.videos.ids if split.assignment.get(v) == "test"]
     val_ids = [v for v in store.videos.ids if split.assignment.get(v) == "val"]
-    if not test_ids or not train_ids:
+    if not train_ids or (not test_ids and not (cfg.folds > 1 and cfg.cv_pool == "all")):
         raise SplitError(f"the split of {store_path} has {len(train_ids)} train and {len(test_ids)} test videos; "
                          "rerun `vstore split`")
     missing = sum(1 for v in split.assignment if v not in ids)
@@ -176,17 +220,39 @@ def _run_training(store: Store, store_path: str | Path, cfg: TrainConfig, out_di
     if new:
         log.warning("%d labelled video(s) were added after the split and are not used; rerun `vstore split`", new)
     label_names = store.label_names
-    y_test = store.label_indices(test_ids)
     t0 = time.perf_counter()
 
+    if cfg.folds > 1:
+        return _run_folds(store, cfg, out_dir, train_ids + val_ids, test_ids, progress, t0)
+    r = _train_and_test(store, cfg, train_ids, val_ids, test_ids, progress)
+    metrics = _metrics_doc(cfg, r.per_seed, label_names, store, len(train_ids), test_ids, r.probs[0],
+                           time.perf_counter() - t0)
+    save_run(out_dir, cfg, metrics, history=r.history, model_state=r.model.state_dict() if r.model else None,
+             model_cfg=r.model_cfg,
+             store=store, test_probs=r.probs[0], test_ids=test_ids,
+             extra_files={UNITS_NAME: unit_rows_csv([(0, -1, seed, test_ids, p) for seed, p in enumerate(r.probs)],
+                                                    store, label_names)})
+    return metrics
+
+
+@dataclass
+class TrainTestResult:
+    per_seed: list[dict[str, Any]]  # test metrics of each seed
+    history: list[dict[str, Any]]
+    probs: list[np.ndarray]  # (V_test, C) per seed
+    model: nn.Module  # seed 0's
+    model_cfg: Optional[ModelConfig]
+
+
+def _train_and_test(store: Store, cfg: TrainConfig, train_ids: list[str], val_ids: list[str], test_ids: list[str],
+                    progress: bool) -> TrainTestResult:
+    """Train ``cfg.seeds`` seeds on ``train_ids`` (curves and best epoch on ``val_ids`` when
+    given, else on the test set) and evaluate each on ``test_ids``; baselines just predict."""
+    label_names = store.label_names
     if cfg.model in BASELINES:
         probs = _baseline(store, cfg, train_ids, test_ids)
-        m = classification_metrics(y_test, probs.argmax(1), label_names)
-        metrics = _metrics_doc(cfg, [m], label_names, store, len(train_ids), test_ids, probs, time.perf_counter() - t0)
-        save_run(out_dir, cfg, metrics, history=[], model_state=None, model_cfg=None, store=store,
-                 test_probs=probs, test_ids=test_ids)
-        return metrics
-
+        m = classification_metrics(store.label_indices(test_ids), probs.argmax(1), label_names)
+        return TrainTestResult([m], [], [probs], None, None)
     device = resolve_device(cfg.device)
     need_images = cfg.model == "random-frame" and (cfg.mixup or cfg.finetune)
     load = dict(need_images=need_images, max_frames=cfg.max_frames,
@@ -196,26 +262,61 @@ def _run_training(store: Store, store_path: str | Path, cfg: TrainConfig, out_di
     evalset, eval_name = (load_split_data(store, val_ids, cfg.model, device, **load), "val") if val_ids else (test, "test")
     T = int(store.videos.n_frames.max()) if cfg.max_frames is None else cfg.max_frames
     model_cfg = ModelConfig(model=cfg.model, dim=int(store.dim), n_classes=len(label_names), max_frames=T,
-                            layers=cfg.layers, finetune=cfg.finetune)
+                            layers=cfg.layers, finetune=cfg.finetune, standardize=bool(cfg.standardize))
+    stats = feature_stats(train) if model_cfg.standardize else None
     encoder_factory = None
     if need_images:
         from encoders.registry import encoder_for_store
         encoder_factory = lambda: encoder_for_store(store.encoder, device=str(device))  # noqa: E731
-    per_seed, history, probs0, first = [], [], None, None
+    out = TrainTestResult([], [], [], None, model_cfg)
     for seed in range(cfg.seeds):
-        r = train_seed(seed, cfg, model_cfg, train, evalset, eval_name, label_names, encoder_factory, progress)
+        r = train_seed(seed, cfg, model_cfg, train, evalset, eval_name, label_names, encoder_factory, progress,
+                       stats=stats)
         m = evaluate(r.model, test, label_names, amp=cfg.amp)
-        probs = m.pop("probabilities")
+        out.probs.append(m.pop("probabilities"))
         m.pop("loss")
         m["epoch_seconds"] = r.epoch_seconds
-        per_seed.append(m)
-        history += r.history
+        out.per_seed.append(m)
+        out.history += r.history
         if seed == 0:
-            probs0, first = probs, r.model
+            out.model = r.model
         log.info("%s seed %d: accuracy %.3f, F1 micro %.3f", cfg.run_name, seed, m["accuracy"], m["f1_micro"])
-    metrics = _metrics_doc(cfg, per_seed, label_names, store, len(train_ids), test_ids, probs0, time.perf_counter() - t0)
-    save_run(out_dir, cfg, metrics, history=history, model_state=first.state_dict(), model_cfg=model_cfg,
-             store=store, test_probs=probs0, test_ids=test_ids)
+    return out
+
+
+def _run_folds(store: Store, cfg: TrainConfig, out_dir: str | Path, pool_train: list[str], held_out: list[str],
+               progress: bool, t0: float) -> dict[str, Any]:
+    """``--folds K --repeats R``: stratified K-fold over the labelled videos (the stored
+    split's test part held out, unless ``cfg.cv_pool == "all"``), every seed in every fold."""
+    from .folds import stratified_folds
+    from .runs import save_run
+    pool = pool_train if cfg.cv_pool == "train" else sorted(pool_train + held_out)
+    labels = dict(zip(store.videos.ids, store.videos.labels))
+    per_fold, history, units, first = [], [], [], None
+    for rep in range(cfg.repeats):
+        folds = stratified_folds(pool, [labels[v] for v in pool], cfg.folds, repeat=rep)
+        for k, test_ids in enumerate(folds):
+            test_set = set(test_ids)
+            train_ids = [v for v in pool if v not in test_set]
+            test_ids = [v for v in pool if v in test_set]
+            log.info("%s: repeat %d fold %d/%d (%d train, %d test)", cfg.run_name, rep, k + 1, cfg.folds,
+                     len(train_ids), len(test_ids))
+            r = _train_and_test(store, cfg, train_ids, [], test_ids, progress)
+            for seed, (m, p) in enumerate(zip(r.per_seed, r.probs)):
+                per_fold.append({"repeat": rep, "fold": k, "seed": seed, **m})
+                units.append((rep, k, seed, test_ids, p))
+            history += [{**h, "repeat": rep, "fold": k} for h in r.history]
+            if first is None:
+                first = r
+    agg = aggregate_seeds(per_fold)
+    metrics = _metrics_doc(cfg, per_fold, store.label_names, store, len(pool) - len(pool) // cfg.folds, pool,
+                           units[0][4], time.perf_counter() - t0)
+    metrics.update(per_fold=per_fold, per_seed=[], folds=cfg.folds, repeats=cfg.repeats, cv_pool=cfg.cv_pool,
+                   n_evaluations=len(per_fold), confusion_matrix=agg["confusion_matrix"])
+    save_run(out_dir, cfg, metrics, history=history,
+             model_state=first.model.state_dict() if first.model is not None else None, model_cfg=first.model_cfg,
+             store=store, test_probs=units[0][4], test_ids=units[0][3],
+             extra_files={UNITS_NAME: unit_rows_csv(units, store, store.label_names)})
     return metrics
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from classifiers.config import ALL_MODELS, TrainConfig
+from classifiers.config import ALL_MODELS, RECIPES, TrainConfig
 from encoders.errors import EXIT_SOME_FAILED
 from encoders.video.sampling import SAMPLING_MODES
 from vstore import Store
@@ -19,6 +19,8 @@ from .options import default_of, json_option, pass_quiet, store_argument
 Examples:
   vstore split runs/store --test-size 0.1 --seed 0
   vstore split runs/store --test-size 0.1 --val-size 0.1
+  vstore split runs/store --from train_config.json test_config.json
+  vstore split runs/store --from train.csv test.csv val.csv
 """)
 @store_argument
 @click.option("--test-size", type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -29,15 +31,36 @@ Examples:
               help="Fraction for validation (training curves then use it instead of test).")
 @click.option("--seed", type=int, default=default_of(SplitConfig, "seed"), show_default=True,
               help="Different seeds give independent splits.")
-def split_cmd(store, test_size, val_size, seed):
-    """Make a stratified train/val/test split and store it in STORE.
+@click.option("--from", "given", is_flag=True,
+              help="Use the split given by the list files that follow: TRAIN TEST [VAL].")
+@click.argument("lists", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def split_cmd(store, test_size, val_size, seed, given, lists):
+    """Make a stratified train/val/test split and store it in STORE, or use a given one.
 
     Every later command (train, search --split) uses this split. The same arguments on the
     same store give the same split; unlabeled videos are in none.
+
+    --from TRAIN TEST [VAL]: use the split in these lists (JSON [[id, label], ...] as the
+    reference study's train_config.json, [id, ...] or {id: label}; CSV with an id column; or
+    one id per line). Ids not in the store and labels that disagree with the store's are
+    reported; the files and their checksums are recorded in split.json.
     """
+    from vstore.given_split import split_from_lists
     with Store.open(store) as s:
-        split = make_split(s, SplitConfig(test_size=test_size, val_size=val_size, seed=seed))
+        if given or lists:
+            if not given or len(lists) not in (2, 3):
+                raise click.UsageError("--from takes a train list, a test list and optionally a val list")
+            split, report = split_from_lists(s, dict(zip(("train", "test", "val"), lists)))
+            for line in report.lines():
+                click.echo(f"warning: {line}", err=True)
+        else:
+            split = make_split(s, SplitConfig(test_size=test_size, val_size=val_size, seed=seed))
     save_split(store, split)
+    if lists:
+        counts = split.counts()
+        click.echo(f"split {store}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
+                   f"(given by {', '.join(lists)})")
+        return
     counts = split.counts()
     click.echo(f"split {store}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
                f"(seed {seed}, stratified over {len(set(split.assignment))} labelled videos)")
@@ -47,13 +70,17 @@ def split_cmd(store, test_size, val_size, seed):
 Examples:
   vstore train runs/store --model linear --mixup --out runs/linear-mixup
   vstore train runs/store --model transformer --seeds 5 --out runs/transformer
+  vstore train runs/store --model transformer-reference --recipe reference --out runs/study
+  vstore train runs/store --model linear --mixup --folds 5 --repeats 2 --seeds 3 --out runs/lin-mixup-cv
   vstore train runs/store --model random-frame --mixup --out runs/rf-mixup
   vstore train runs/store --model knn --k 10 --out runs/knn
   vstore train runs/store --model zero-shot --prompt "a video about {label}" --out runs/zs
 """)
 @store_argument
 @click.option("--model", type=click.Choice(ALL_MODELS), required=True,
-              help="linear: mean-pooled linear head; transformer: positions + encoder layer(s) + mean; "
+              help="linear: mean-pooled linear head; transformer: normalised frames + positions + [CLS] + "
+                   "pre-norm encoder layer(s) (sees frame order); transformer-reference: the reference "
+                   "study's positions + encoder layer(s) + mean; "
                    "random-frame: one hash-chosen key frame through the image encoder + linear; "
                    "knn / zero-shot: baselines without training.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
@@ -61,12 +88,26 @@ Examples:
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=default_of(TrainConfig, "alpha"),
               show_default=True,
               help="Mixup lambda ~ Beta(alpha, alpha).")
-@click.option("--epochs", type=click.IntRange(min=1), default=default_of(TrainConfig, "epochs"), show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=default_of(TrainConfig, "batch_size"), show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=default_of(TrainConfig, "lr"), show_default=True,
-              help="Adam learning rate.")
+@click.option("--recipe", type=click.Choice(RECIPES), default=default_of(TrainConfig, "recipe"), show_default=True,
+              help="default: standardised features, AdamW + cosine schedule, more epochs, best validation "
+                   "epoch kept (converges); reference: the reference study's Adam 1e-3, 10 epochs, batch 16.")
+@click.option("--epochs", type=click.IntRange(min=1), default=default_of(TrainConfig, "epochs"),
+              help="[default: the recipe's; default: 100 linear / random-frame, 40 transformer; reference: 10]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=default_of(TrainConfig, "batch_size"),
+              help="[default: the recipe's; 32, reference 16]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=default_of(TrainConfig, "lr"),
+              help="Learning rate [default: the recipe's, 1e-3].")
 @click.option("--seeds", type=click.IntRange(min=1), default=default_of(TrainConfig, "seeds"), show_default=True,
               help="Train with seeds 0..N-1; metrics are mean and std over them.")
+@click.option("--folds", type=click.IntRange(min=1), default=default_of(TrainConfig, "folds"), show_default=True,
+              help="K >= 2: stratified K-fold cross-validation instead of the stored split; metrics are mean "
+                   "and std over folds x seeds, every fold's kept; runs on the same folds can be compared "
+                   "pairwise by `vstore report`.")
+@click.option("--repeats", type=click.IntRange(min=1), default=default_of(TrainConfig, "repeats"), show_default=True,
+              help="Repeat the K folds with R different fold assignments.")
+@click.option("--cv-pool", type=click.Choice(["train", "all"]), default=default_of(TrainConfig, "cv_pool"),
+              show_default=True, help="Folds over the split's train (+ val) videos, its test part held out; or over "
+                                      "all labelled videos.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=default_of(TrainConfig, "eval_every"), show_default=True,
               help="Evaluate every N steps (0 = every epoch).")
 @click.option("--device", default=default_of(TrainConfig, "device"), show_default=True,
@@ -82,17 +123,21 @@ Examples:
               help="knn: vote with video mean embeddings or with every frame.")
 @click.option("--prompt", default=default_of(TrainConfig, "prompt"), show_default=True, help="zero-shot prompt.")
 @pass_quiet
-def train_cmd(store, model, out, mixup, alpha, epochs, batch_size, lr, seeds, eval_every, device, layers,
+def train_cmd(store, model, out, mixup, alpha, recipe, epochs, batch_size, lr, seeds, folds, repeats, cv_pool,
+              eval_every, device, layers,
               max_frames, finetune, k, level, prompt, quiet):
     """Train a classifier (or run a baseline) on STORE's split; write metrics, curves and model to --out."""
     from classifiers.train import run_training
-    cfg = TrainConfig(model=model, mixup=mixup, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
-                      seeds=seeds, eval_every=eval_every, device=device, layers=layers, max_frames=max_frames,
+    cfg = TrainConfig(model=model, mixup=mixup, alpha=alpha, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+                      seeds=seeds, folds=folds, repeats=repeats, cv_pool=cv_pool,
+                      eval_every=eval_every, device=device, layers=layers, max_frames=max_frames,
                       finetune=finetune, k=k, level=level, prompt=prompt)
     m = run_training(store, cfg, out, progress=not quiet)
-    std = lambda key: f" ± {m[key + '_std']:.3f}" if m["seeds"] > 1 else ""  # noqa: E731
+    std = lambda key: f" ± {m[key + '_std']:.3f}" if m["seeds"] > 1 or folds > 1 else ""  # noqa: E731
+    where = (f"{folds} folds x {repeats} repeat(s) over {m['n_test']} videos" if folds > 1
+             else f"{m['n_test']} test videos")
     click.echo(f"{m['name']}: accuracy {m['accuracy']:.3f}{std('accuracy')}, F1 micro {m['f1_micro']:.3f}"
-               f"{std('f1_micro')}, F1 macro {m['f1_macro']:.3f}{std('f1_macro')} on {m['n_test']} test videos")
+               f"{std('f1_micro')}, F1 macro {m['f1_macro']:.3f}{std('f1_macro')} on {where}")
     curves = ", curves.png" if Path(out, "curves.png").exists() else ""
     click.echo(f"wrote {out}/ (metrics.json, history.json, confusion.png{curves}, model.pt)")
 
@@ -105,7 +150,12 @@ Example:
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write Markdown here and a bar chart beside it (.png); else print the table.")
 def report_cmd(runs, out):
-    """Compare runs in one results table (rows: metrics; columns: model x mixup)."""
+    """Compare runs in one results table (rows: metrics; columns: model x mixup).
+
+    Runs evaluated on the same test videos (the same split, or the same --folds/--repeats on
+    the same store) are also compared pairwise: mean accuracy difference, 95% paired-bootstrap
+    interval and p-value, so a gain can be told from noise.
+    """
     from classifiers.report import build_report, write_report
     if out:
         md, png = write_report(runs, out)

@@ -40,6 +40,7 @@ class Split:
     config: SplitConfig
     generation: int  # store generation the split was made at
     assignment: dict[str, str] = field(default_factory=dict)  # video id -> train | val | test
+    origin: dict = field(default_factory=lambda: {"kind": "stratified"})  # or "given" (vstore.given_split)
 
     def ids(self, name: str) -> list[str]:
         if name not in SPLIT_NAMES:
@@ -77,7 +78,7 @@ def save_split(store_path: str | Path, split: Split) -> None:
     path = Path(store_path)
     with WriteLock(path / LOCK_NAME, command_line()):
         atomic_write_json(path / SPLIT_NAME, {"config": asdict(split.config), "generation": split.generation,
-                                              "assignment": split.assignment})
+                                              "origin": split.origin, "assignment": split.assignment})
 
 
 def load_split(store_path: str | Path) -> Split:
@@ -86,7 +87,8 @@ def load_split(store_path: str | Path) -> Split:
         raise SplitError(f"{Path(store_path)} has no split yet; run `vstore split {store_path}` first")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        return Split(SplitConfig(**d["config"]), int(d["generation"]), dict(d["assignment"]))
+        return Split(SplitConfig(**d["config"]), int(d["generation"]), dict(d["assignment"]),
+                     origin=dict(d.get("origin") or {"kind": "stratified"}))
     except (ValueError, KeyError, TypeError) as e:
         raise StoreCorruptError(f"{path} is damaged ({e}); rerun `vstore split {store_path}`", str(path)) from e
 
