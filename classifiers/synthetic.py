@@ -33,7 +33,7 @@ class SequenceConfig:
     dim: int = 64  # embedding size
     frames: int = 24  # frames per video
     n_classes: int = 2  # content: number of classes; order: always 2; mixed: always 4
-    fade: float = 1.0  # norm of the fading direction at full weight
+    fade: float = 0.5  # norm of the fading direction at full weight (per-video content: norm 1)
     content_strength: float = 0.5  # content: norm of the class direction
     noise: float = 0.5  # per-frame noise norm (the per-video content vector has norm 1)
     scale: float = 10.0  # everything times this: CLIP ViT-B/32's unnormalised image embeddings have norm ~10
