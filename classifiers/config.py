@@ -47,6 +47,7 @@ class TrainConfig:
     finetune: bool = False  # random-frame: train the CLIP image encoder too...
     encoder_lr: float = 1e-5  # ...at this learning rate
     memory_budget_mb: Optional[int] = None  # frames above this are streamed (default: half of free RAM)
+    memmap: Optional[bool] = None  # frames from the store's memory-mapped training view: None = above the budget
     k: int = 10  # knn: neighbours
     level: str = "video"  # knn: video (mean embeddings) | frame (frame votes summed per video)
     prompt: str = "a video about {label}"  # zero-shot: text prompt per label

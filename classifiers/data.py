@@ -120,10 +120,52 @@ class FrameStream:
                 yield idx, batch
 
 
+class ViewStream:
+    """Frames of a split gathered from the store's memory-mapped training view
+    (``vstore.train_view``): no copy of the split in memory; each block of whole batches is
+    gathered from the mapping in the epoch's (fully shuffled) order, converted to float32,
+    pinned and sent asynchronously when the device is a GPU."""
+
+    def __init__(self, frames: torch.Tensor, valid: torch.Tensor, rows: np.ndarray,
+                 block_bytes: int = GATHER_BYTES):
+        self.frames, self.valid = frames, valid  # (V_store, T, D) float16, (V_store, T) uint8: mapped
+        self.rows = torch.from_numpy(rows)  # (V,) split position -> view row
+        self.block_bytes = block_bytes
+
+    def batches(self, data: SplitData, batch_size: int, seed: Optional[int],
+                extra: Optional[dict[str, torch.Tensor]] = None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        n = len(self.rows)
+        order = torch.arange(n) if seed is None else torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        row_bytes = self.frames[0].numel() * 4
+        per_block = max(1, self.block_bytes // max(1, row_bytes * batch_size)) * batch_size
+        cuda = data.device.type == "cuda"
+        for b in range(0, n, per_block):
+            pos = order[b:b + per_block]
+            src = self.rows[pos]
+            frames = self.frames.index_select(0, src).float()  # (n, T, D): gathered from the mapping
+            valid = self.valid.index_select(0, src).bool()  # (n, T)
+            if cuda:
+                frames, valid = frames.pin_memory(), valid.pin_memory()
+            frames = frames.to(data.device, non_blocking=True)
+            valid = valid.to(data.device, non_blocking=True)
+            pos = pos.to(data.device)
+            for a in range(0, len(pos), batch_size):
+                idx = pos[a:a + batch_size]
+                batch = data.batch(idx, extra)
+                batch["frames"] = frames[a:a + batch_size]
+                batch["valid"] = valid[a:a + batch_size]
+                yield idx, batch
+
+
 def load_split_data(store: Store, ids: Sequence[str], model: str, device: torch.device, *,
                     need_images: bool = False, max_frames: Optional[int] = None,
-                    memory_budget: Optional[int] = None, block_videos: int = 256) -> SplitData:
-    """Tensors of ``ids`` for ``model`` on ``device`` (see module doc)."""
+                    memory_budget: Optional[int] = None, block_videos: int = 256,
+                    memmap: Optional[bool] = None) -> SplitData:
+    """Tensors of ``ids`` for ``model`` on ``device`` (see module doc).
+
+    ``memmap`` (sequence models): True: frames come from the store's memory-mapped training
+    view; None: from the view when they exceed the memory budget (else in memory); False:
+    never (in memory, or streamed from the HDF5 segments beyond the budget)."""
     ids = list(ids)
     if not ids:
         raise SplitError(f"the split of {store.path} is empty for this set; rerun `vstore split`")
@@ -141,7 +183,21 @@ def load_split_data(store: Store, ids: Sequence[str], model: str, device: torch.
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget = min(budget, int(free * 0.5))
-        if need <= budget:
+        view = None
+        if memmap or (memmap is None and need > budget):
+            from vstore.train_view import open_train_view
+            try:
+                view = open_train_view(store, max_frames=max_frames)
+            except OSError as e:  # e.g. a read-only store: stream from the segments instead
+                if memmap:
+                    raise
+                log.warning("cannot write the training view of %s (%s); streaming from the segments", store.path, e)
+        if view is not None:
+            frames = torch.from_numpy(view.frames)  # no copy: the mapping itself
+            valid = torch.from_numpy(view.valid)
+            data.stream = ViewStream(frames, valid, view.rows(ids))
+            log.info("frames of %d videos from the memory-mapped training view %s", len(ids), view.path)
+        elif need <= budget:
             padded = store.load_padded(ids, max_frames=max_frames)
             data.tensors["frames"] = torch.from_numpy(padded.embeddings).to(device, torch.float32)  # (V, T, D)
             data.tensors["valid"] = torch.from_numpy(padded.valid).to(device)  # (V, T)

@@ -255,8 +255,8 @@ def _train_and_test(store: Store, cfg: TrainConfig, train_ids: list[str], val_id
         return TrainTestResult([m], [], [probs], None, None)
     device = resolve_device(cfg.device)
     need_images = cfg.model == "random-frame" and (cfg.mixup or cfg.finetune)
-    load = dict(need_images=need_images, max_frames=cfg.max_frames,
-                memory_budget=cfg.memory_budget_mb * 2**20 if cfg.memory_budget_mb else None)
+    load = dict(need_images=need_images, max_frames=cfg.max_frames, memmap=cfg.memmap,
+                memory_budget=cfg.memory_budget_mb * 2**20 if cfg.memory_budget_mb is not None else None)
     train = load_split_data(store, train_ids, cfg.model, device, **load)
     test = load_split_data(store, test_ids, cfg.model, device, **load)
     evalset, eval_name = (load_split_data(store, val_ids, cfg.model, device, **load), "val") if val_ids else (test, "test")

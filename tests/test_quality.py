@@ -184,3 +184,38 @@ def test_folds_and_paired_report(content_seq_store, runner, tmp_path):
     assert "+0.0000" in same and same.rstrip().endswith("| no |")
     vs_untrained = next(v for k, v in rows.items() if "[a]" in k and "[untrained]" in k)
     assert vs_untrained.rstrip().endswith("| **yes** |") and "| 600 |" in vs_untrained
+
+
+def test_memory_mapped_training_view(order_seq_store, tmp_path):
+    """Written once per generation with verified checksums, mapped without copying, the same
+    frames as the store, invalidated by a new generation; training from it matches in-memory."""
+    import shutil
+
+    from classifiers.data import load_split_data
+    from classifiers.synthetic import write_sequence_store
+    from vstore import Store
+    from vstore.train_view import open_train_view, verify_train_view
+    store_path = tmp_path / "store"
+    shutil.copytree(order_seq_store, store_path)
+    with Store.open(store_path) as s:
+        view = open_train_view(s)
+        verify_train_view(view)
+        assert isinstance(view.frames, np.memmap) and view.frames.shape == (600, 24, 64)
+        ids = list(s.videos.ids)[:50]
+        padded = s.load_padded(ids, dtype=np.float16)
+        np.testing.assert_array_equal(np.asarray(view.frames[view.rows(ids)]), padded.embeddings)
+        again = open_train_view(s)
+        assert again.path == view.path
+        mapped = load_split_data(s, ids, "transformer", torch.device("cpu"), memmap=True)
+        full = load_split_data(s, ids, "transformer", torch.device("cpu"), memmap=False)
+        assert mapped.stream is not None and not mapped.tensors
+        got = list(mapped.batches(8, shuffle=torch.Generator().manual_seed(0)))
+        assert sorted(torch.cat([i for i, _ in got]).tolist()) == list(range(50))
+        for idx, batch in got:
+            torch.testing.assert_close(batch["frames"], full.tensors["frames"][idx])
+            assert torch.equal(batch["valid"], full.tensors["valid"][idx])
+    x = np.ones((2, 24, 64), dtype=np.float32)
+    write_sequence_store(store_path, x, np.array([0, 1]), ["fade-in", "fade-out"], test_size=0, ids=["new-a", "new-b"])
+    with Store.open(store_path) as s:
+        fresh = open_train_view(s)
+        assert fresh.path != view.path and not view.path.exists() and fresh.frames.shape[0] == 602

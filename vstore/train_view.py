@@ -1,0 +1,147 @@
+"""A memory-mapped training view of a store: every video's frames as one padded (V, T, D)
+float16 array and a (V, T) mask, written once per store generation, then mapped with
+``np.memmap`` and wrapped as tensors without copying (see docs/FORMAT.md, "Training view").
+
+Layout: ``STORE/cache/train-view/g<generation>-t<T>/`` holding ``frames.f16`` (raw
+C-order float16), ``valid.u8`` (raw uint8 0/1) and ``view.json`` (shape, generation, a
+SHA-256 of the ids in order, SHA-256 of both files). It is written block by block from the
+segments (bounded memory) into a temporary directory, the files' checksums are recomputed
+from disk and compared with those of the blocks written, and the directory is renamed into
+place: a crash leaves no half view. Views of other generations are removed when a view is
+opened, so a store that changed (a new generation) is never trained from stale frames.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import StoreCorruptError
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+VIEW_DIR = Path("cache") / "train-view"
+FILE_BYTES = 8 << 20  # checksums are computed over reads of this size
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(FILE_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class TrainView:
+    path: Path
+    ids: list[str]
+    frames: np.memmap  # (V, T, D) float16, copy-on-write mapping (the file is never written)
+    valid: np.memmap  # (V, T) uint8
+
+    def rows(self, video_ids: Sequence[str]) -> np.ndarray:
+        pos = {v: i for i, v in enumerate(self.ids)}
+        return np.array([pos[v] for v in video_ids], dtype=np.int64)
+
+
+def _view_path(store: Store, T: int) -> Path:
+    return Path(store.path) / VIEW_DIR / f"g{store.generation}-t{T}"
+
+
+def open_train_view(store: Store, max_frames: Optional[int] = None, block_videos: int = 256,
+                    progress: bool = False) -> TrainView:
+    """The store's training view (written first if this generation has none)."""
+    n = store.videos.n_frames
+    T = int(min(n.max(), max_frames)) if max_frames else int(n.max())
+    path = _view_path(store, T)
+    root = path.parent
+    if root.is_dir():  # invalidate: views of other generations
+        for old in root.iterdir():
+            if old.name != path.name and not old.name.startswith(".tmp-") and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    if not (path / "view.json").is_file():
+        _write_view(store, path, T, max_frames, block_videos, progress)
+    return _map(store, path)
+
+
+def _map(store: Store, path: Path) -> TrainView:
+    try:
+        meta = json.loads((path / "view.json").read_text(encoding="utf-8"))
+        V, T, D = (int(x) for x in meta["shape"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreCorruptError(f"{path}/view.json is damaged ({e}); delete {path} to rebuild it", str(path)) from e
+    ids = list(store.videos.ids)
+    if meta.get("generation") != store.generation or meta.get("ids_sha256") != _ids_digest(ids) or V != len(ids):
+        raise StoreCorruptError(f"{path} does not match the store's videos; delete it to rebuild it", str(path))
+    for name, size in (("frames.f16", V * T * D * 2), ("valid.u8", V * T)):
+        if (path / name).stat().st_size != size:
+            raise StoreCorruptError(f"{path / name} has the wrong size; delete {path} to rebuild it", str(path))
+    frames = np.memmap(path / "frames.f16", dtype=np.float16, mode="c", shape=(V, T, D))
+    valid = np.memmap(path / "valid.u8", dtype=np.uint8, mode="c", shape=(V, T))
+    return TrainView(path, ids, frames, valid)
+
+
+def _write_view(store: Store, path: Path, T: int, max_frames: Optional[int], block_videos: int,
+                progress: bool) -> None:
+    from tqdm.auto import tqdm
+    ids = list(store.videos.ids)
+    V, D = len(ids), int(store.dim or 0)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        frames = np.memmap(tmp / "frames.f16", dtype=np.float16, mode="w+", shape=(V, T, D))
+        valid = np.memmap(tmp / "valid.u8", dtype=np.uint8, mode="w+", shape=(V, T))
+        hf, hv = hashlib.sha256(), hashlib.sha256()
+        for a in tqdm(range(0, V, block_videos), desc="training view", unit="block", disable=not progress):
+            block = store.load_padded(ids[a:a + block_videos], max_frames=max_frames, dtype=np.float16)
+            f = np.zeros((len(block.ids), T, D), dtype=np.float16)  # (b, T, D): pad to the view's T
+            f[:, :block.embeddings.shape[1]] = block.embeddings
+            m = np.zeros((len(block.ids), T), dtype=np.uint8)
+            m[:, :block.valid.shape[1]] = block.valid
+            frames[a:a + len(f)] = f
+            valid[a:a + len(m)] = m
+            hf.update(f.tobytes())
+            hv.update(m.tobytes())
+        frames.flush()
+        valid.flush()
+        del frames, valid
+        sums = {"frames.f16": hf.hexdigest(), "valid.u8": hv.hexdigest()}
+        for name, want in sums.items():  # verify what reached the disk
+            if _file_sha256(tmp / name) != want:
+                raise StoreCorruptError(f"{tmp / name}: checksum mismatch right after writing (disk error?)", str(tmp))
+        meta = {"format": "vstore-train-view", "version": 1, "shape": [V, T, D], "dtype": "float16",
+                "generation": store.generation, "ids_sha256": _ids_digest(ids), "max_frames": max_frames,
+                "sha256": sums}
+        (tmp / "view.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        for name in (*sums, "view.json"):
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process put its view there first: use that one
+            if not (path / "view.json").is_file():
+                raise
+        log.info("wrote the training view %s (%d videos x %d frames x %d)", path, V, T, D)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify_train_view(view: TrainView) -> None:
+    """Recompute both files' SHA-256 and compare with view.json (``vstore``'s tests; slow on big views)."""
+    meta = json.loads((view.path / "view.json").read_text(encoding="utf-8"))
+    for name, want in meta["sha256"].items():
+        if _file_sha256(view.path / Path(name).name) != want:
+            raise StoreCorruptError(f"{view.path / name} does not match its checksum; delete {view.path}", str(view.path))
