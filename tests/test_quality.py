@@ -40,10 +40,12 @@ def test_order_sequences_differ_only_in_order():
 
 def test_order_only_sequences_need_the_default_transformer(order_seq_store, tmp_path):
     """The study's transformer under its recipe stays near chance; the default one learns order."""
-    ref = run_training(order_seq_store, TrainConfig(model="transformer-reference", recipe="reference"),
+    ref = run_training(order_seq_store, TrainConfig(model="transformer-reference", recipe="reference", epochs=15),
                        tmp_path / "ref", progress=False)
-    new = run_training(order_seq_store, TrainConfig(model="transformer", epochs=15), tmp_path / "new",
-                       progress=False)  # 15 of the default recipe's 40 epochs: enough, and a faster test
+    # the same optimisation for both architectures (the study's recipe, 15 epochs), so the test
+    # isolates the architecture; measured: reference 0.458, default transformer 1.000
+    new = run_training(order_seq_store, TrainConfig(model="transformer", recipe="reference", epochs=15),
+                       tmp_path / "new", progress=False)
     lin = run_training(order_seq_store, TrainConfig(model="linear", epochs=20), tmp_path / "lin", progress=False)
     assert new["n_test"] == 120 and new["n_train"] == 480
     assert ref["f1_micro"] <= 0.75, ref["f1_micro"]
