@@ -16,7 +16,6 @@ training). The origin (file names, their SHA-256, the counts) is recorded in ``s
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import SplitError
-from .labels import ID_COLUMNS, LABEL_COLUMNS, id_from_link
+from .labels import ID_COLUMNS, LABEL_COLUMNS, cell, column, id_from_link, table_rows
 from .split import SPLIT_NAMES, Split, SplitConfig
 from .store import Store
 
@@ -79,22 +78,20 @@ def _from_json(data, path: Path) -> list[Entry]:
 
 
 def _from_csv(text: str, path: Path) -> list[Entry]:
-    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-    rows = list(csv.reader(text.splitlines(), dialect=dialect))
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
-    header = [c.strip().lower() for c in rows[0]] if rows else []
-    id_col = next((header.index(c) for c in ID_COLUMNS if c in header), None)
+    """A table read as the labels loader reads one (``labels.table_rows``); without an id column
+    in its first record, every record is ``id[,label]``."""
+    header, records = table_rows(text, path, SplitError)
+    id_col = column(header, ID_COLUMNS)
     if id_col is not None:
-        label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
-        rows = rows[1:]
+        label_col = column(header, LABEL_COLUMNS)
     else:
+        _, records = table_rows(text, path, SplitError, has_header=False)
         id_col, label_col = 0, 1
     out: list[Entry] = []
-    for r in rows:
-        if len(r) <= id_col:
-            continue
-        label = r[label_col].strip() if label_col is not None and len(r) > label_col and r[label_col].strip() else None
-        out.append((id_from_link(r[id_col]), label))
+    for _line, row in records:
+        vid = cell(row, id_col).strip()
+        if vid:
+            out.append((id_from_link(vid), cell(row, label_col).strip() or None))
     return out
 
 

@@ -111,17 +111,19 @@ def _from_json(data, path: Path) -> Labels:
     raise LabelsError(f"{path}: values must be all strings ({{id: label}}) or all lists ({{label: [ids]}})")
 
 
-def table_rows(text: str, path: Path, error: type[VStoreError] = LabelsError
+def table_rows(text: str, path: Path, error: type[VStoreError] = LabelsError, has_header: bool = True
                ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """A dataset table (CSV or TSV, see ``csvfile.table_dialect``): its header, stripped and
-    lower-cased ([] when the first record is not CSV), and its non-blank records as (line the
-    record ended on, cells); quoted multi-line fields are one record. A malformed record
-    raises ``error`` naming the line."""
+    lower-cased ([] when the first record is not CSV, or with ``has_header=False``, where the
+    first record is data), and its non-blank records as (line the record ended on, cells);
+    quoted multi-line fields are one record. A malformed record raises ``error`` naming the line."""
     reader = csv.reader(io.StringIO(text, newline=""), dialect=table_dialect(path, text))
-    try:
-        header = [h.strip().lower() for h in next((r for r in reader if any(c.strip() for c in r)), [])]
-    except csv.Error:
-        header = []
+    header: list[str] = []
+    if has_header:
+        try:
+            header = [h.strip().lower() for h in next((r for r in reader if any(c.strip() for c in r)), [])]
+        except csv.Error:
+            pass
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         try:
