@@ -228,7 +228,7 @@ def _frame_results(store: Store, loaded: LoadedIndex, q: np.ndarray, k: int, all
             ok = i >= 0
             rows, scores = i[ok], d[ok]
             if per_video:
-                vrows = np.searchsorted(table.frame_start, rows, side="right") - 1
+                vrows = table.video_rows_of(rows)
                 _, first = np.unique(vrows, return_index=True)
                 first = np.sort(first)[:k]
                 rows, scores = rows[first], scores[first]
@@ -357,7 +357,7 @@ def _to_hits(store: Store, results: list[tuple[np.ndarray, np.ndarray]], level: 
     all_rows = np.concatenate([r for r, _ in results]) if results else np.zeros(0, np.int64)
     if level == "frame":
         ids, fidx, ts = store.frame_refs(all_rows)
-        vrows = np.searchsorted(table.frame_start, all_rows, side="right") - 1
+        vrows = table.video_rows_of(all_rows)
     else:
         vrows = all_rows
         ids = [table.ids[v] for v in vrows]
