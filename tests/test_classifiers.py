@@ -102,13 +102,15 @@ def test_random_frame_mixes_pixels(tiny_clip_path):
 
 
 def test_order_classes_need_the_transformer(order_store, tmp_path):
-    common = dict(epochs=25, batch_size=8, lr=1e-3)
-    tr = run_training(order_store, TrainConfig(model="transformer", **common), tmp_path / "t", progress=False)
-    lin = run_training(order_store, TrainConfig(model="linear", **common), tmp_path / "l", progress=False)
+    """Real fade-in / fade-out videos: the transformer learns the order. Whether a mean-pooled
+    linear head is at chance is checked on sequences whose frame sets are identical by
+    construction (test_quality): here the sampled frames of a video and of its reverse are one
+    frame apart when frames/N is even, a brightness difference a standardised linear head
+    does pick up (0.92 measured), so it is not asserted on these files."""
+    tr = run_training(order_store, TrainConfig(model="transformer", epochs=25, batch_size=8, lr=1e-3),
+                      tmp_path / "t", progress=False)
     assert tr["n_test"] == 12
     assert tr["accuracy"] >= 0.9, tr["accuracy"]
-    assert lin["accuracy"] <= 0.75, lin["accuracy"]  # chance is 0.5: the frame sets are the same
-    assert tr["accuracy"] > lin["accuracy"]
 
 
 @pytest.mark.parametrize("model, mixup", [("linear", False), ("linear", True), ("transformer", False),
@@ -122,7 +124,9 @@ def test_content_classes_every_model_well_above_chance(content_store, tmp_path, 
 def test_streaming_when_frames_exceed_the_memory_budget(content_store, tmp_path):
     with Store.open(content_store) as s:
         ids = [v for v in s.videos.ids][:20]
-        data = load_split_data(s, ids, "transformer", torch.device("cpu"), memory_budget=20 * 10 * 256 * 4 // 2)
+        # memmap=False: the HDF5 block stream (the memory-mapped view has its own tests in test_quality)
+        data = load_split_data(s, ids, "transformer", torch.device("cpu"), memory_budget=20 * 10 * 256 * 4 // 2,
+                               memmap=False)
         assert data.stream is not None and data.stream.block_videos < 20
         seen = torch.cat([idx for idx, _ in data.batches(4, shuffle=torch.Generator().manual_seed(0))])
         assert sorted(seen.tolist()) == list(range(20))
