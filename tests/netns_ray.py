@@ -185,14 +185,16 @@ def test_driver_killed_then_rerun_resumes(cluster, videos, spec, local_store, tm
             m = store / "manifest.json"
             if m.is_file() and json.loads(m.read_text()).get("generation", 0) >= 2:
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     with Store.open(store) as s:
         committed = s.n_videos
-    assert 2 <= committed < N_VIDEOS
+    # Usually killed mid-build; on a loaded machine the driver can commit the rest of its wave
+    # between the check above and the kill. The rerun must resume exactly either way.
+    assert 2 <= committed <= N_VIDEOS
     from click.testing import CliRunner
     r = CliRunner().invoke(cli_main, cmd[3:], catch_exceptions=False)
     assert r.exit_code == EXIT_SOME_FAILED, r.output
