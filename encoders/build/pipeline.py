@@ -104,7 +104,8 @@ def decode_task(task: DecodeTask) -> SampledVideo:
 
 
 @dataclass
-class _Pending:
+class EmbeddedVideo:
+    """One decoded video on its way through the encoder: what both engines yield per video."""
     task: DecodeTask
     video: SampledVideo
     images: np.ndarray  # (M, S, S, 3): the sampled frames, then the key frame if any
@@ -119,24 +120,24 @@ class FrameBatcher:
     def __init__(self, encoder: "FrameEncoder", batch_size: int):
         self.encoder = encoder
         self.batch_size = batch_size
-        self.parts: list[tuple[_Pending, int, int]] = []  # image ranges not embedded yet
+        self.parts: list[tuple[EmbeddedVideo, int, int]] = []  # image ranges not embedded yet
         self.buffered = 0
 
-    def add(self, task: DecodeTask, video: SampledVideo) -> Iterator[_Pending]:
+    def add(self, task: DecodeTask, video: SampledVideo) -> Iterator[EmbeddedVideo]:
         images = video.images
         if video.key_frame_image is not None:
             images = np.concatenate([images, video.key_frame_image[None]])
-        p = _Pending(task, video, images, np.empty((len(images), self.encoder.dim), np.float32))
+        p = EmbeddedVideo(task, video, images, np.empty((len(images), self.encoder.dim), np.float32))
         self.parts.append((p, 0, len(images)))
         self.buffered += len(images)
         while self.buffered >= self.batch_size:
             yield from self._encode(self.batch_size)
 
-    def flush(self) -> Iterator[_Pending]:
+    def flush(self) -> Iterator[EmbeddedVideo]:
         while self.buffered:
             yield from self._encode(min(self.buffered, self.batch_size))
 
-    def _encode(self, n: int) -> Iterator[_Pending]:
+    def _encode(self, n: int) -> Iterator[EmbeddedVideo]:
         take, got = [], 0
         while got < n:
             p, a, b = self.parts[0]
@@ -165,7 +166,7 @@ class FrameBatcher:
 
 
 def local_results(tasks: Sequence[DecodeTask], encoder: "FrameEncoder", config: BuildConfig, batch_size: int
-                  ) -> Iterator[tuple[DecodeTask, "_Pending | TaskFailure"]]:
+                  ) -> Iterator[tuple[DecodeTask, "EmbeddedVideo | TaskFailure"]]:
     """The local engine: decode in isolated processes, encode here; yields each video once
     embedded (or its failure), in completion order."""
     workers = auto_workers(encoder.device.type) if config.workers is None else config.workers
@@ -185,7 +186,7 @@ def local_results(tasks: Sequence[DecodeTask], encoder: "FrameEncoder", config: 
         yield p.task, p
 
 
-def _entry(p: _Pending, labels: Optional[Labels]) -> VideoEntry:
+def _entry(p: EmbeddedVideo, labels: Optional[Labels]) -> VideoEntry:
     v = p.video
     n = len(v.indices)
     has_key = v.key_frame_image is not None
@@ -267,7 +268,7 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
             results = local_results(tasks, encoder, config, batch)
         bar = tqdm(total=len(tasks), unit="video", disable=not progress, dynamic_ncols=True, desc="build")
 
-        def done(p: _Pending) -> None:
+        def done(p: EmbeddedVideo) -> None:
             entry = _entry(p, labels)
             writer.add(entry)
             summary.built += 1

@@ -169,8 +169,8 @@ def _encoder_pool(ray, config: RayConfig) -> tuple[str, int, dict[str, Any]]:
 def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: "BuildConfig",
                 ray_config: Optional[RayConfig], batch_size: int) -> Iterator[tuple["DecodeTask", Any]]:
     """The Ray engine, with the contract of ``pipeline.local_results``: yields ``(task,
-    _Pending)`` for each embedded video and ``(task, TaskFailure)`` for each failed one."""
-    from .pipeline import _Pending
+    EmbeddedVideo)`` for each embedded video and ``(task, TaskFailure)`` for each failed one."""
+    from .pipeline import EmbeddedVideo
     rc = ray_config or RayConfig()
     if not tasks:
         return
@@ -212,7 +212,7 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
                         yield task, TaskFailure(str(row["error"]))
                         continue
                     video, emb = pickle.loads(row["payload"])
-                    yield task, _Pending(task, video, video.images, emb, filled=len(emb))
+                    yield task, EmbeddedVideo(task, video, video.images, emb, filled=len(emb))
             except (ray.exceptions.RayError, RayEngineError) as e:
                 raise RayEngineError(f"the Ray pipeline stopped: {str(e).strip().splitlines()[-1][:300]}") from None
             for vid, task in wave.items():
