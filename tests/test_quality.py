@@ -136,6 +136,10 @@ def test_split_from_given_lists(store_copy, runner, tmp_path):
     assert r.exit_code == 1 and "is listed in both the train list and the test list" in r.output
     r = runner.invoke(main, ["split", str(store_copy), "--from", str(tmp_path / "train.csv")])
     assert r.exit_code == 2 and "--from takes a train list" in r.output
+    # a list nested past the JSON parser's depth is a one-line error, as a labels file's is
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    r = runner.invoke(main, ["split", str(store_copy), "--from", str(tmp_path / "deep.json"), str(tmp_path / "test.txt")])
+    assert r.exit_code == 1 and "JSON nested too deeply to be a split list" in r.output, r.output
 
 
 def test_stratified_folds_partition_and_repeat():

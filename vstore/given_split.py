@@ -17,13 +17,12 @@ training). The origin (file names, their SHA-256, the counts) is recorded in ``s
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .errors import SplitError
-from .labels import ID_COLUMNS, LABEL_COLUMNS, cell, column, id_from_link, table_rows
+from .labels import ID_COLUMNS, LABEL_COLUMNS, cell, column, id_from_link, read_list_file, table_rows
 from .split import SPLIT_NAMES, Split, SplitConfig
 from .store import Store
 
@@ -98,18 +97,10 @@ def _from_csv(text: str, path: Path) -> list[Entry]:
 def read_id_list(path: str | Path) -> list[Entry]:
     """``(id, label or None)`` of every entry of one list file (see module doc)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SplitError(f"split list {path} does not exist") from None
-    except UnicodeDecodeError as e:
-        raise SplitError(f"split list {path} is not UTF-8 text ({e})") from None
+    text, data = read_list_file(path, "split list", SplitError)
     stripped = text.lstrip()
-    if path.suffix.lower() == ".json" or stripped[:1] in "[{":
-        try:
-            entries = _from_json(json.loads(text), path)
-        except json.JSONDecodeError as e:
-            raise SplitError(f"{path}: invalid JSON ({e})") from None
+    if data is not None:
+        entries = _from_json(data, path)
     elif path.suffix.lower() in (".csv", ".tsv") or "," in stripped.split("\n", 1)[0]:
         entries = _from_csv(text, path)
     else:

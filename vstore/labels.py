@@ -19,7 +19,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 from urllib.parse import parse_qs, urlparse
 
 from .csvfile import table_dialect
@@ -155,24 +155,33 @@ def _from_csv(text: str, path: Path) -> Labels:
     return _collect(((line, id_from_link(cell(row, id_col)), cell(row, label_col)) for line, row in records), path)
 
 
-def load_labels(path: str | Path) -> Labels:
-    """Read a labels file; raises ``LabelsError`` naming the file and what is wrong."""
-    path = Path(path)
+def read_list_file(path: Path, what: str, error: type[VStoreError]) -> tuple[str, Any]:
+    """``(text, parsed JSON or None)`` of a user's labels or id-list file: UTF-8 (a BOM is
+    fine), JSON when named ``.json`` or starting with ``[``/``{``. Every way it can be
+    unreadable is an ``error`` naming the file (``what`` says what it was meant to be)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise LabelsError(f"labels file {path} does not exist") from None
+        raise error(f"{what} {path} does not exist") from None
     except UnicodeDecodeError as e:
-        raise LabelsError(f"labels file {path} is not UTF-8 text ({e})") from None
+        raise error(f"{what} {path} is not UTF-8 text ({e})") from None
     if not text.strip():
-        raise LabelsError(f"labels file {path} is empty")
-    if path.suffix.lower() == ".json" or text.lstrip()[:1] in "{[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LabelsError(f"{path}: invalid JSON ({e})") from None
-        except RecursionError:
-            raise LabelsError(f"{path}: JSON nested too deeply to be a labels file") from None
+        raise error(f"{what} {path} is empty")
+    if not (path.suffix.lower() == ".json" or text.lstrip()[:1] in "{["):
+        return text, None
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to be a {what}") from None
+
+
+def load_labels(path: str | Path) -> Labels:
+    """Read a labels file; raises ``LabelsError`` naming the file and what is wrong."""
+    path = Path(path)
+    text, data = read_list_file(path, "labels file", LabelsError)
+    if data is not None:
         labels = _from_json(data, path)
     else:
         labels = _from_csv(text, path)
