@@ -249,6 +249,7 @@ class SegmentReader:
     def __init__(self, path: Path, expected_bytes: Optional[int] = None, dim: Optional[int] = None):
         self.path = Path(path)
         self.name = self.path.name
+        self._columns: dict[str, np.ndarray] = {}  # frame_column's cache
         where = str(self.path)
         try:
             size = self.path.stat().st_size
@@ -352,6 +353,18 @@ class SegmentReader:
 
     def read_frame_column(self, name: str, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         return self._guard(lambda: self.file["frames"][name][start:stop])
+
+    def frame_column(self, name: str) -> np.ndarray:
+        """The whole ``/frames/<name>`` column (``frame_index`` or ``timestamp``: 8 bytes a
+        frame, ~1% of the embeddings), read once and kept: a segment never changes, and a
+        served search maps its hits to frames through this instead of two HDF5 reads per hit
+        (which cost 3/4 of a search's time at 172,800 frames)."""
+        assert name in ("frame_index", "timestamp"), name
+        col = self._columns.get(name)
+        if col is None:
+            col = self._columns[name] = self.read_frame_column(name)
+            col.flags.writeable = False
+        return col
 
     def read_key_frames(self, rows: np.ndarray) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         """(images (R, S, S, 3) uint8 or None, embeddings (R, D) or None) for local rows."""

@@ -263,9 +263,8 @@ class Store:
             video_of_row_base += seg.n_videos
 
     def frame_refs(self, rows: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Map global frame rows to (video ids, frame indices, timestamps).
-
-        Vectorised: per segment, only the HDF5 chunks holding requested rows are read."""
+        """Map global frame rows to (video ids, frame indices, timestamps), through each
+        segment's cached frame columns (``SegmentReader.frame_column``)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         table = self.videos
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n_frames):
@@ -279,17 +278,8 @@ class Store:
             sel = np.flatnonzero(seg_of == seg_pos)
             seg = self.segments[int(seg_pos)]
             local = rows[sel] - bases[seg_pos]
-            chunk = max(1, seg.chunk_rows)
-            chunks = np.unique(local // chunk)
-            # runs of consecutive chunks -> one read each
-            runs = np.split(chunks, np.flatnonzero(np.diff(chunks) != 1) + 1)
-            for run in runs:
-                a, b = int(run[0]) * chunk, min(int(run[-1] + 1) * chunk, seg.n_frames)
-                hit = (local >= a) & (local < b)
-                fi = seg.read_frame_column("frame_index", a, b)
-                ts = seg.read_frame_column("timestamp", a, b)
-                frame_index[sel[hit]] = fi[local[hit] - a]
-                timestamp[sel[hit]] = ts[local[hit] - a]
+            frame_index[sel] = seg.frame_column("frame_index")[local]
+            timestamp[sel] = seg.frame_column("timestamp")[local]
         return [table.ids[v] for v in vrow], frame_index, timestamp
 
     def video_means(self, video_ids: Optional[Sequence[str]] = None, normalize: bool = False) -> np.ndarray:
