@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qs, quote
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -47,6 +48,12 @@ def _status(e: Exception) -> int:
 
 def error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def json_response(content: dict[str, Any]) -> Response:
+    """``content`` (plain JSON types only) rendered by orjson, skipping FastAPI's
+    ``jsonable_encoder`` walk: 1.5 ms of a served vector search's 9 ms went to the two."""
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 class Guard:
@@ -227,12 +234,12 @@ def create_app(store: str | Path, config: Optional[ServeConfig] = None, backend:
             for many in ("labels", "exclude"):
                 if len(form.getlist(many)) > 1:
                     body[many] = [v for v in form.getlist(many) if isinstance(v, str)]
-            return await run_in_threadpool(answer, body, data)
+            return json_response(await run_in_threadpool(answer, body, data))
         if ctype not in ("application/json", ""):
             return error(415, f"send the query as application/json (or multipart/form-data with an image), "
                               f"not {ctype}")
         body = parse_json_body(await request.body())
-        return await run_in_threadpool(answer, body, None)
+        return json_response(await run_in_threadpool(answer, body, None))
 
     @app.get("/api/videos/{video_id}", summary="A video's metadata and sampled frames")
     def video(video_id: str):
