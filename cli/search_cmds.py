@@ -52,17 +52,20 @@ refuses a stale index (or updates it with --refresh). Frame ids stay valid after
               help=f"Default IVF lists probed per search, 1..{MAX_BEAM} [default: {default_of(IndexConfig, 'nprobe')}].")
 @click.option("--ef", "ef_search", type=int, default=None,
               help=f"Default HNSW search beam, 1..{MAX_BEAM} [default: {default_of(IndexConfig, 'ef_search')}].")
+@click.option("--memory-budget", "memory_budget_mb", type=click.IntRange(min=0), default=None, metavar="MB",
+              help="auto: the frame index must fit in MB MiB; beyond it, PQ codes (0 = half the machine's "
+                   f"memory) [default: {default_of(IndexConfig, 'memory_budget_mb')}].")
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch instead of adding new frames.")
 @click.option("--refresh", is_flag=True,
               help="Bring the index up to date (what a plain run does; rebuilds a damaged one).")
 @engine_options
 @json_option
 @pass_quiet
-def index_cmd(store, kind, metric, nlist, hnsw_m, ef_construction, nprobe, ef_search, rebuild, refresh, engine,
-              address, as_json, quiet):
+def index_cmd(store, kind, metric, nlist, hnsw_m, ef_construction, nprobe, ef_search, memory_budget_mb, rebuild, refresh,
+              engine, address, as_json, quiet):
     """Build or update the FAISS indexes of STORE (every frame, and per-video means)."""
-    given = {k: v for k, v in dict(kind=kind, metric=metric, nlist=nlist, hnsw_m=hnsw_m,
-                                   ef_construction=ef_construction, nprobe=nprobe, ef_search=ef_search).items()
+    given = {k: v for k, v in dict(kind=kind, metric=metric, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                                   nprobe=nprobe, ef_search=ef_search, memory_budget_mb=memory_budget_mb).items()
              if v is not None}
     config: Optional[IndexConfig] = None
     if given:

@@ -66,6 +66,7 @@ HELP_DEFAULTS = {
     ("index", "ef_construction"): (IndexConfig, "ef_construction"),
     ("index", "nprobe"): (IndexConfig, "nprobe"),
     ("index", "ef_search"): (IndexConfig, "ef_search"),
+    ("index", "memory_budget_mb"): (IndexConfig, "memory_budget_mb"),
     ("search", "device"): (ClipConfig, "device"),
 }
 # Literal defaults allowed in cli/*.py: none of these repeats a config field.

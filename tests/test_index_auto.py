@@ -36,3 +36,32 @@ def test_auto_rule_without_measurement_and_above_flat_max():
     assert factory_for(IndexConfig(auto_choice="ivf"), 200_000, 512).startswith("IVF")
     assert factory_for(IndexConfig(auto_choice="flat"), 2_000_000, 512).startswith("IVF")  # above flat_max
     assert factory_for(IndexConfig(auto_choice="ivf"), 200_000, 512, for_videos=True) == "Flat"
+
+
+def test_auto_fits_the_memory_budget():
+    # 200k x 512: Flat holds 400 MiB, IVF-Flat ~402 MiB, IVF-PQ64 ~14 MiB
+    assert factory_for(IndexConfig(memory_budget_mb=1024), 200_000, 512) == "Flat"
+    assert factory_for(IndexConfig(memory_budget_mb=300), 200_000, 512).endswith(",PQ64")
+    assert factory_for(IndexConfig(memory_budget_mb=300, auto_choice="ivf"), 200_000, 512).endswith(",PQ64")
+    assert factory_for(IndexConfig(memory_budget_mb=300), 2_000, 512, for_videos=True) == "Flat"  # 2k means: fits
+    assert factory_for(IndexConfig(memory_budget_mb=300, kind="ivf"), 200_000, 512).endswith(",Flat")  # asked for
+    import pytest
+
+    from vstore.errors import IndexBuildError
+    with pytest.raises(IndexBuildError, match="even as PQ64 codes, more than the index memory budget of 10 MiB"):
+        factory_for(IndexConfig(memory_budget_mb=10), 200_000, 512)
+    with pytest.raises(ValueError, match="memory_budget_mb must be >= 0"):
+        IndexConfig(memory_budget_mb=-1)
+    assert IndexConfig().memory_budget_bytes() > 1 << 30  # half of this machine's memory
+
+
+def test_index_memory_budget_option(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main
+    path = vector_store(tmp_path / "s", n_videos=40, frames=25)  # 1,000 x 32-d: 125 KiB as Flat
+    r = CliRunner().invoke(main, ["index", str(path), "--memory-budget", "0", "--json"])
+    assert r.exit_code == 0 and '"factory": "Flat"' in r.output, r.output
+    assert read_meta(path).config.memory_budget_mb == 0
+    r = CliRunner().invoke(main, ["index", str(path), "--memory-budget", "-5"])
+    assert r.exit_code == 2 and "-5 is not in the range x>=0" in r.output

@@ -85,6 +85,11 @@ class IndexConfig:
     # auto: beyond this many vectors the IVF lists hold PQ codes (D/8 bytes per vector)
     # instead of full vectors, so 10M+ frames fit in memory. Recall drops a few points.
     pq_min: int = 10_000_000
+    # auto: the frame index must fit in this many MiB of RAM (0 = half the machine's memory).
+    # Flat and IVF-Flat hold 4*D (+8 for an IVF id) bytes a vector, IVF-PQ D/8 + 8: auto
+    # takes the most exact kind that fits, so a store too large for full vectors gets PQ
+    # codes before pq_min (autofaiss's max_index_memory_usage).
+    memory_budget_mb: int = 0
     # IVF lists; 0 = 4 * sqrt(N) (FAISS guideline 4..16 sqrt(N)), at most N / 39.
     nlist: int = 0
     # IVF k-means trains on nlist * train_per_list sampled vectors (FAISS wants 39..256).
@@ -140,6 +145,17 @@ class IndexConfig:
             raise ValueError(f"auto_recall must be in 0..1, got {self.auto_recall}")
         if int(self.nlist) < 0:
             raise ValueError(f"nlist must be >= 0 (0 = automatic), got {self.nlist}")
+        if int(self.memory_budget_mb) < 0:
+            raise ValueError(f"memory_budget_mb must be >= 0 (0 = half the machine's memory), got {self.memory_budget_mb}")
+
+    def memory_budget_bytes(self) -> int:
+        """The budget ``auto`` fits the frame index into (``memory_budget_mb``; 0 = half of RAM)."""
+        if self.memory_budget_mb:
+            return int(self.memory_budget_mb) << 20
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - no sysconf (Windows)
+            return 8 << 30
 
     @property
     def faiss_metric(self) -> int:
@@ -168,8 +184,9 @@ def factory_for(config: IndexConfig, n: int, d: int, *, for_videos: bool = False
     kind = config.kind
     if kind not in KINDS and for_videos:
         kind = "auto"
+    budget = config.memory_budget_bytes()
     if kind == "auto":
-        if n <= config.flat_max and (config.auto_choice != "ivf" or for_videos):
+        if n <= config.flat_max and (config.auto_choice != "ivf" or for_videos) and n * 4 * d <= budget:
             return "Flat"
         kind = "ivf"
     if kind == "flat":
@@ -182,9 +199,13 @@ def factory_for(config: IndexConfig, n: int, d: int, *, for_videos: bool = False
             nlist = min(nlist, auto_nlist(n, config))
         quantizer = f"_HNSW{config.hnsw_m}" if nlist >= config.hnsw_quantizer_min else ""
         codes = "Flat"
-        if config.kind == "auto" and n > config.pq_min:
+        if config.kind == "auto" and (n > config.pq_min or n * (4 * d + 8) > budget):
             m = next(m for m in (d // 8, d // 4, d // 2, d) if m >= 1 and d % m == 0)
             codes = f"PQ{m}"
+            if n * (m + 8) > budget and not for_videos:
+                raise IndexBuildError(f"{n:,} vectors need {n * (m + 8) >> 20:,} MiB even as PQ{m} codes, more than "
+                                      f"the index memory budget of {budget >> 20:,} MiB; raise it "
+                                      "(--memory-budget MB) or pick a smaller index with --kind")
         return f"IVF{nlist}{quantizer},{codes}"
     return kind
 
