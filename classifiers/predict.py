@@ -8,23 +8,26 @@ sampling: the caller must say how they were sampled (``frames``/``sampling``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 from encoders.errors import VideoError
 from encoders.registry import encoder_for_store
-from encoders.video.sampling import SAMPLING_MODES, sample_video
+from encoders.video.sampling import SAMPLING_MODES, SampledVideo, sample_video
 from vstore.errors import VStoreError
 from vstore.fsutil import path_text
 from vstore.manifest import IMPORTED, describe_sampling, sampling_record
 from vstore.records import evenly_spaced
 
 from .config import TRAINED_MODELS
+from .evidence import EvidenceConfig, FrameEvidence, leave_one_out, linear_evidence
 from .models import ModelConfig, build_model, masked_mean
 from .runs import RunError, load_run
+from .timeline import TimelineConfig, plot_timeline, timeline_paths
 from .train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -58,13 +61,25 @@ class Prediction:
     label: Optional[str] = None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: Optional[str] = None
+    evidence: Optional[FrameEvidence] = None  # per-frame evidence, when asked for
+    timeline: Optional[str] = None  # the timeline PNG written, when asked for
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``evidence``/``timeline`` only when they were asked for."""
+        d: dict[str, Any] = {"video": self.video, "label": self.label, "probabilities": self.probabilities,
+                             "error": self.error}
+        if self.evidence is not None:
+            d["evidence"] = self.evidence.to_dict()
+        if self.timeline is not None:
+            d["timeline"] = self.timeline
+        return d
 
 
 class Predictor:
     """A trained run, ready to classify video files."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", frames: Optional[int] = None,
-                 sampling: Optional[str] = None):
+                 sampling: Optional[str] = None, evidence_config: Optional[EvidenceConfig] = None):
         self.device = resolve_device(device)
         run = load_run(run_dir, with_checkpoint=True, device=self.device)
         ck = run.checkpoint
@@ -75,6 +90,7 @@ class Predictor:
         self.label_names = list(ck["label_names"])
         self.cfg = ModelConfig(**ck["model_config"])
         self.sampling = run_sampling(ck, run_dir, frames, sampling)
+        self.evidence_config = evidence_config or EvidenceConfig()
         self.encoder = encoder_for_store(ck["encoder"], device=str(self.device))
         self.model = build_model(self.cfg, self.encoder).to(self.device)
         missing, unexpected = self.model.load_state_dict(ck["state_dict"], strict=False)
@@ -84,17 +100,22 @@ class Predictor:
         self.model.eval()
 
     @torch.no_grad()
-    def predict_file(self, path: str | Path) -> Prediction:
+    def predict_file(self, path: str | Path, evidence: bool = False) -> Prediction:
+        """Classify one file; with ``evidence``, also say how much each sampled frame counted
+        (``classifiers.evidence``)."""
         path = Path(path)
         key_frame = self.model_name == "random-frame"
         sampled = sample_video(path, self.sampling["frames"], mode=self.sampling["sampling"],
                                size=self.encoder.input_size, video_id=path.stem if key_frame else None)
+        ev = None
         if key_frame:
             if sampled.key_frame_image is None:
                 raise VideoError(f"{path}: its key frame (frame sha256(id) % {sampled.total_frames}) could not be "
                                  f"decoded; the random-frame model classifies that frame only")
             batch = {"key_image": torch.from_numpy(sampled.key_frame_image[None]).to(self.device)}  # (1, S, S, 3)
             logits = self.model(batch)
+            if evidence:
+                ev = self._key_frame_evidence(sampled, logits[0])
         else:
             emb = torch.from_numpy(self.encoder.encode_images(sampled.images)).to(self.device)  # (T, D)
             keep = evenly_spaced(len(emb), self.cfg.max_frames)  # as training capped the stored frames
@@ -102,17 +123,61 @@ class Predictor:
             x, valid = emb[None], torch.ones(1, len(emb), dtype=torch.bool, device=self.device)  # (1, T, D)
             batch = {"pooled": masked_mean(x, valid)} if self.model_name == "linear" else {"frames": x, "valid": valid}
             logits = self.model(batch)
+            if evidence:
+                ev = self._frame_evidence(sampled, keep, emb, logits[0])
         probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
         return Prediction(path_text(path), self.label_names[int(probs.argmax())],
-                          {n: float(p) for n, p in zip(self.label_names, probs)})
+                          {n: float(p) for n, p in zip(self.label_names, probs)}, evidence=ev)
 
-    def predict(self, paths: Sequence[str | Path]) -> list[Prediction]:
-        """One prediction per file; a file that cannot be decoded gets ``error`` set."""
+    def _frame_evidence(self, sampled: SampledVideo, keep: np.ndarray, emb: torch.Tensor,
+                        logits: torch.Tensor) -> FrameEvidence:
+        """Evidence over the T frames the model saw: ``emb`` (T, D), ``logits`` (C,)."""
+        change = None
+        if self.model_name == "linear":
+            ev = linear_evidence(self.model, emb)  # (T, C)
+        else:
+            _, ev, change = leave_one_out(self.model, emb, self.evidence_config)  # (T, C) each
+        return FrameEvidence(self.model_name, self.label_names, sampled.indices[keep], sampled.timestamps[keep],
+                             _np(ev), np.ones(len(keep), dtype=bool), _np(logits),
+                             None if change is None else _np(change), images=sampled.images[keep],
+                             config=asdict(self.evidence_config))
+
+    def _key_frame_evidence(self, sampled: SampledVideo, logits: torch.Tensor) -> FrameEvidence:
+        """The sampled frames plus the key frame (marked ``used``, evidence = the logits), in time order."""
+        key = sampled.key_frame_index
+        others = sampled.indices != key
+        index = np.concatenate([sampled.indices[others], [key]])  # (T,)
+        order = np.argsort(index, kind="stable")
+        C = len(self.label_names)
+        ev = np.zeros((len(index), C), dtype=np.float32)
+        ev[-1] = _np(logits)
+        used = np.zeros(len(index), dtype=bool)
+        used[-1] = True
+        times = np.concatenate([sampled.timestamps[others], [sampled.key_frame_time]])
+        images = np.concatenate([sampled.images[others], sampled.key_frame_image[None]])  # (T, S, S, 3)
+        return FrameEvidence(self.model_name, self.label_names, index[order].astype(np.int64), times[order],
+                             ev[order], used[order], _np(logits), images=images[order],
+                             config=asdict(self.evidence_config))
+
+    def predict(self, paths: Sequence[str | Path], evidence: bool = False, timeline: Optional[str | Path] = None,
+                timeline_config: Optional[TimelineConfig] = None) -> list[Prediction]:
+        """One prediction per file; a file that cannot be decoded (or whose timeline cannot be
+        written) gets ``error`` set and the batch goes on. ``timeline``: write a timeline PNG
+        per file (``timeline_paths`` names them); it implies ``evidence``."""
         out = []
-        for p in paths:
+        pngs = timeline_paths(timeline, paths) if timeline is not None else [None] * len(paths)
+        for p, png in zip(paths, pngs):
             try:
-                out.append(self.predict_file(p))
-            except (VideoError, VStoreError) as e:
+                pred = self.predict_file(p, evidence=evidence or png is not None)
+                if png is not None:
+                    plot_timeline(pred.evidence, png, video=path_text(Path(p).name), config=timeline_config)
+                    pred.timeline = path_text(png)
+                out.append(pred)
+            except (VideoError, VStoreError, OSError) as e:
                 log.warning("%s: %s", p, e)
                 out.append(Prediction(path_text(p), error=path_text(str(e))))
         return out
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()

@@ -168,6 +168,9 @@ def report_cmd(runs, out):
 Examples:
   vstore predict runs/linear-mixup some_new_video.mp4
   vstore predict runs/transformer clips/*.mp4 --json
+  vstore predict runs/linear clip.mp4 --timeline timeline.png
+  vstore predict runs/transformer clips/*.mp4 --timeline 'timelines/{stem}.png' --json
+  vstore predict runs/linear clip.mp4 --evidence
 """)
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
@@ -177,19 +180,31 @@ Examples:
               help="Only for a run trained on imported vectors: frames per video they were made from.")
 @click.option("--sampling", type=click.Choice(SAMPLING_MODES), default=None,
               help="Only for a run trained on imported vectors: how their frames were sampled.")
+@click.option("--evidence", is_flag=True,
+              help="Also give each sampled frame's class evidence (printed per frame; with --json, in the JSON).")
+@click.option("--timeline", type=click.Path(dir_okay=True), default=None,
+              help="Write a PNG of the evidence over time with key-frame thumbnails (implies --evidence). "
+                   "Several videos: {stem} in the path is each video's name, else -STEM goes before the "
+                   "suffix (timeline-clip1.png); an existing directory gets STEM.png.")
 @json_option
-def predict_cmd(run, videos, device, frames, sampling, as_json):
+def predict_cmd(run, videos, device, frames, sampling, evidence, timeline, as_json):
     """Classify video files with a trained RUN.
 
     Frames are sampled as the run's training videos were (frame count and mode, recorded in
     the run) and embedded with the run's encoder. Exit status: 0 when every file was
     classified, 3 when some could not be (each gets an ERROR line), 1 on an error that
     stopped it.
+
+    Evidence per frame (docs/classifiers.md): linear, each frame's own logits (their mean is
+    the video's logits, exactly); transformer / transformer-reference, the change in each
+    class's logit when the frame is masked out (leave-one-frame-out); random-frame, the one
+    key frame it classifies.
     """
     from classifiers.predict import Predictor
-    preds = Predictor(run, device=device, frames=frames, sampling=sampling).predict(videos)
+    preds = Predictor(run, device=device, frames=frames, sampling=sampling).predict(
+        videos, evidence=evidence, timeline=timeline)
     if as_json:
-        click.echo(json.dumps([p.__dict__ for p in preds], indent=2))
+        click.echo(json.dumps([p.to_dict() for p in preds], indent=2))
     else:
         for p in preds:
             if p.error:
@@ -197,6 +212,13 @@ def predict_cmd(run, videos, device, frames, sampling, as_json):
                 continue
             probs = "  ".join(f"{n} {v:.3f}" for n, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
             click.echo(f"{p.video}: {p.label}  ({probs})")
+            if evidence and p.evidence is not None:
+                ev = p.evidence
+                click.echo(f"  evidence: {ev.method}")
+                for t, i, lab, e in zip(ev.timestamps, ev.frame_index, ev.frame_labels(), ev.evidence):
+                    click.echo(f"  {t:8.2f}s  frame {int(i):6d}  " + (f"{lab} {e.max():+.3f}" if lab else "(not used)"))
+            if p.timeline:
+                click.echo(f"  wrote {p.timeline}")
     if any(p.error for p in preds):
         raise SystemExit(EXIT_SOME_FAILED)
 
