@@ -34,6 +34,8 @@ YLABEL = {
     "random-frame": "key-frame logit",
 }
 
+LEFT, RIGHT = 0.08, 0.98  # the axes' horizontal extent, fraction of the figure
+
 
 class TimelinePathError(VStoreError):
     """A --timeline path that cannot name one PNG per video."""
@@ -85,6 +87,18 @@ def _classes_shown(ev: FrameEvidence, k: int) -> list[int]:
     return [top] + rest[:k - 1]
 
 
+def thumbnail_picks(ev: FrameEvidence, n: int, min_gap: float) -> list[int]:
+    """Up to ``n`` frames to show as thumbnails, evenly spread, none closer than ``min_gap``
+    seconds to another (so none overlap); random-frame's key frame always among them."""
+    t = ev.timestamps
+    first = [int(np.flatnonzero(ev.used)[0])] if ev.model == "random-frame" and ev.used.any() else []
+    picks: list[int] = []
+    for i in first + [int(i) for i in evenly_spaced(len(t), n)] + list(range(len(t))):
+        if len(picks) < n and i not in picks and all(abs(t[i] - t[j]) >= min_gap for j in picks):
+            picks.append(i)
+    return sorted(picks)
+
+
 def plot_timeline(ev: FrameEvidence, path: str | Path, video: str = "",
                   config: Optional[TimelineConfig] = None) -> Path:
     """Write the timeline PNG of ``ev`` to ``path`` (atomically) and return the path."""
@@ -124,12 +138,10 @@ def plot_timeline(ev: FrameEvidence, path: str | Path, video: str = "",
         axt.set_ylim(0, 1)
         axt.set_yticks([])
         axt.set_xlabel("time (s)")
-        picks = [int(i) for i in evenly_spaced(len(t), cfg.thumbnails)]
-        if ev.model == "random-frame" and used.any() and int(np.flatnonzero(used)[0]) not in picks:
-            key = int(np.flatnonzero(used)[0])  # shown in place of the pick nearest in time (no overlap)
-            picks[int(np.argmin(np.abs(t[picks] - t[key])))] = key
+        axis_px = cfg.width_in * cfg.dpi * (RIGHT - LEFT)
+        picks = thumbnail_picks(ev, cfg.thumbnails, min_gap=(cfg.thumb_px + 8) * (hi - lo) / axis_px)
         labels = ev.evidence.argmax(1)  # (T,)
-        for i in sorted(set(picks)):
+        for i in picks:
             img = ev.images[i]  # (S, S, 3)
             zoom = cfg.thumb_px / max(img.shape[:2]) * 72.0 / cfg.dpi
             edge = colour(int(labels[i])) if used[i] else (0.6, 0.6, 0.6)
@@ -140,7 +152,7 @@ def plot_timeline(ev: FrameEvidence, path: str | Path, video: str = "",
         axt.plot(t, np.full(len(t), 0.03), "|", color="0.4", ms=8)  # every frame's time
     else:
         ax.set_xlabel("time (s)")
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.12 if show_thumbs else 0.16)
+    fig.subplots_adjust(left=LEFT, right=RIGHT, top=0.86, bottom=0.12 if show_thumbs else 0.16)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=cfg.dpi,
                 metadata={"vstore-evidence": json.dumps({"model": ev.model, "method": ev.method, "units": "logit",

@@ -19,7 +19,7 @@ from PIL import Image
 
 from classifiers.evidence import drop_masks, leave_one_out, masked_logits
 from classifiers.predict import Predictor
-from classifiers.timeline import TimelinePathError, timeline_paths
+from classifiers.timeline import TimelinePathError, thumbnail_picks, timeline_paths
 from cli.main import main
 from encoders.errors import EXIT_SOME_FAILED
 from encoders.video.synthetic import class_frames, make_class_video, write_video
@@ -145,6 +145,11 @@ def test_random_frame_marks_the_one_frame_it_uses(predictors, spliced):
     probs = torch.softmax(torch.from_numpy(ev.logits), -1).numpy()
     np.testing.assert_allclose(probs, [pred.probabilities[n] for n in p.label_names], atol=1e-6)
     assert ev.frame_labels().count(None) == len(ev.used) - 1
+    # the timeline's thumbnails: the key frame always among them, none overlapping another
+    for gap in (0.0, 0.2, 0.6):
+        picks = thumbnail_picks(ev, 8, min_gap=gap)
+        assert int(np.flatnonzero(ev.used)[0]) in picks and len(picks) == len(set(picks)) <= 8
+        assert np.all(np.diff(ev.timestamps[picks]) >= gap)
 
 
 def test_timeline_paths():
