@@ -198,10 +198,17 @@ def test_timeline_single_video_text_output(runs, spliced, tmp_path, runner):
                                  "--device", "cpu"])
         assert r.exit_code == 0, r.output
         assert f"wrote {png}" in r.output and "evidence: " in r.output
-        assert sorted(x.name for x in tmp_path.iterdir() if x.suffix == ".png") == sorted(
-            f"{m}.png" for m in ("linear", "random-frame")[:("linear", "random-frame").index(model) + 1])
+        assert [x.name for x in tmp_path.glob(f"{model}*")] == [png.name]  # one video: the path as given
         meta = _png_meta(png)
         assert meta["model"] == model and meta["timeline_config"]["thumbnails"] == 8
     assert r.output.count("(not used)") == FRAMES  # random-frame: 8 sampled frames + its key frame
     r = runner.invoke(main, ["predict", str(runs["linear"]), str(spliced), "--evidence", "--json", "--device", "cpu"])
     assert r.exit_code == 0 and "exact per-frame logits" in r.output and "timeline" not in json.loads(r.output)[0]
+
+
+def test_a_timeline_that_cannot_be_written_is_a_per_file_error(runs, spliced, tmp_path, runner):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the PNG's folder should be")
+    r = runner.invoke(main, ["predict", str(runs["linear"]), str(spliced), "--timeline", str(blocker / "t.png"),
+                             "--device", "cpu"])
+    assert r.exit_code == EXIT_SOME_FAILED and f"{spliced}: ERROR" in r.output, r.output
