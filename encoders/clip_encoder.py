@@ -22,9 +22,16 @@ from .errors import EncoderSpecError, EncoderUnavailableError
 
 log = logging.getLogger(__name__)
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-    import clip  # noqa: E402  (OpenAI's package imports pkg_resources)
+
+
+def _clip():
+    """OpenAI's ``clip`` package, imported on first use: it pulls in torchvision (seconds of
+    start-up), which a build with another encoder, or ``--help``, never needs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import clip  # (OpenAI's package imports pkg_resources)
+    return clip
+
 
 # (embedding dim, input resolution) of OpenAI's released models, to describe them without weights.
 KNOWN_MODELS = {
@@ -49,17 +56,17 @@ class ClipConfig:
             raise ValueError(f"precision must be auto, fp16 or fp32, got {self.precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.model not in clip.available_models() and not Path(self.model).expanduser().is_file():
+        if self.model not in _clip().available_models() and not Path(self.model).expanduser().is_file():
             raise EncoderSpecError(
-                f"CLIP model {self.model!r} is neither a known name ({', '.join(clip.available_models())}) "
+                f"CLIP model {self.model!r} is neither a known name ({', '.join(_clip().available_models())}) "
                 f"nor an existing checkpoint file")
 
 
 def _weights_fingerprint(model: str) -> str:
     """SHA-256 of the weights file: from OpenAI's URL for named models (the URL holds it), else
     hashed from the file, so `clip:ViT-B/32` and `clip:/path/ViT-B-32.pt` are the same encoder."""
-    if model in clip.clip._MODELS:
-        return clip.clip._MODELS[model].split("/")[-2]
+    if model in _clip().clip._MODELS:
+        return _clip().clip._MODELS[model].split("/")[-2]
     h = hashlib.sha256()
     with open(Path(model).expanduser(), "rb") as f:
         while chunk := f.read(1 << 22):
@@ -68,7 +75,7 @@ def _weights_fingerprint(model: str) -> str:
 
 
 def _cached_path(model: str, root: Optional[str]) -> Path:
-    return Path(root or os.path.expanduser("~/.cache/clip")) / os.path.basename(clip.clip._MODELS[model])
+    return Path(root or os.path.expanduser("~/.cache/clip")) / os.path.basename(_clip().clip._MODELS[model])
 
 
 def clip_identity(model: str, fingerprint: str, dim: int, input_size: int) -> dict[str, Any]:
@@ -93,19 +100,19 @@ class ClipEncoder(FrameEncoder):
         c = self.config
         self.device = resolve_device(c.device)
         self.batch_size = c.batch_size
-        model_ref = c.model if c.model in clip.available_models() else str(Path(c.model).expanduser())
-        if model_ref in clip.available_models() and not _cached_path(model_ref, c.download_root).is_file():
+        model_ref = c.model if c.model in _clip().available_models() else str(Path(c.model).expanduser())
+        if model_ref in _clip().available_models() and not _cached_path(model_ref, c.download_root).is_file():
             log.info("downloading CLIP %s weights (once) to %s", model_ref, c.download_root or "~/.cache/clip")
         try:
             with warnings.catch_warnings():  # clip tries torch.jit.load first, which warns
                 warnings.simplefilter("ignore", FutureWarning)
-                model, _ = clip.load(model_ref, device=self.device, jit=False, download_root=c.download_root)
+                model, _ = _clip().load(model_ref, device=self.device, jit=False, download_root=c.download_root)
         except (OSError, RuntimeError, ValueError) as e:
-            if model_ref in clip.available_models():
+            if model_ref in _clip().available_models():
                 raise EncoderUnavailableError(
                     f"could not get the CLIP {model_ref} weights ({type(e).__name__}: {e}). Without internet, "
-                    f"copy {os.path.basename(clip.clip._MODELS[model_ref])} from a networked machine "
-                    f"(~/.cache/clip) and use --encoder clip:/path/to/{os.path.basename(clip.clip._MODELS[model_ref])}, "
+                    f"copy {os.path.basename(_clip().clip._MODELS[model_ref])} from a networked machine "
+                    f"(~/.cache/clip) and use --encoder clip:/path/to/{os.path.basename(_clip().clip._MODELS[model_ref])}, "
                     f"or use --encoder thumbnail to run offline") from None
             raise EncoderUnavailableError(f"could not load CLIP checkpoint {model_ref}: {e}") from None
         fp16 = c.precision == "fp16" or (c.precision == "auto" and self.device.type == "cuda")
@@ -130,5 +137,5 @@ class ClipEncoder(FrameEncoder):
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str]) -> np.ndarray:
-        tokens = clip.tokenize(list(prompts), truncate=True).to(self.device)  # (P, 77)
+        tokens = _clip().tokenize(list(prompts), truncate=True).to(self.device)  # (P, 77)
         return self.model.encode_text(tokens).float().cpu().numpy()  # (P, D)
