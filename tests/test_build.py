@@ -179,29 +179,39 @@ def _check_store(store: Path, reference: dict[str, np.ndarray]) -> int:
 
 def kill_build_repeatedly(videos: Path, store: Path, reference: dict[str, np.ndarray], kills: int, seed: int) -> None:
     """Kill -9 a build at random commit counts and random delays; after each kill (and while
-    it runs) the store must open and hold exactly committed, correct videos."""
+    it runs) the store must open and hold exactly committed, correct videos. A store that
+    fills up is finished by a rerun and the next kills hit a fresh one, so every kill lands
+    in a build that still has videos to commit. Builds are forked from one warm process
+    (``fork_runner``): a kill costs the build's work, not an interpreter start-up."""
+    from fork_runner import ForkRunner
     rng = np.random.default_rng(seed)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for _ in range(kills):
-        have = _check_store(store, reference) if (store / "manifest.json").exists() else 0
-        target = have + int(rng.integers(1, 4))
-        proc = subprocess.Popen(_build_cmd(videos, store), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while proc.poll() is None and time.monotonic() < deadline:
-                if (store / "manifest.json").exists():
-                    n = _check_store(store, reference)  # a reader during the build sees a commit
+    runner = ForkRunner()
+    stores, killed_mid_build = [store], 0
+    try:
+        for _ in range(kills):
+            have = _check_store(stores[-1], reference) if (stores[-1] / "manifest.json").exists() else 0
+            if have == len(reference):
+                stores.append(store.with_name(f"{store.name}-{len(stores)}"))
+                have = 0
+            target = have + int(rng.integers(1, 4))
+            pid = runner.start(_build_cmd(videos, stores[-1])[3:])
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if (stores[-1] / "manifest.json").exists():
+                    n = _check_store(stores[-1], reference)  # a reader during the build sees a commit
                     if n >= target:
                         time.sleep(float(rng.uniform(0, 0.05)))
                         break
-                time.sleep(0.01)
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-    subprocess.run(_build_cmd(videos, store), cwd=REPO, env=env, check=True, capture_output=True)
-    assert _check_store(store, reference) == len(reference)
-    assert read_manifest(store).n_videos == len(reference)
+                time.sleep(0.005)
+            status = runner.kill(pid)
+            killed_mid_build += status == -signal.SIGKILL and _check_store(stores[-1], reference) < len(reference)
+        for s in stores:
+            assert runner.wait(runner.start(_build_cmd(videos, s)[3:])) == 0
+            assert _check_store(s, reference) == len(reference)
+            assert read_manifest(s).n_videos == len(reference)
+    finally:
+        runner.close()
+    assert killed_mid_build >= kills // 2, f"only {killed_mid_build} of {kills} kills hit a build with videos left"
 
 
 def test_kill_during_build_keeps_exactly_the_committed_videos(class_videos, thumb_store, tmp_path):
