@@ -289,3 +289,18 @@ def test_one_rule_for_evenly_spaced_rows_and_frame_owners(thumb_store):
         assert t.video_rows_of(rows).tolist() == [0, 0, 1, len(t) - 1]  # 8 frames a video
         ids, _, _ = s.frame_refs(rows)
         assert ids == [t.ids[0], t.ids[0], t.ids[1], t.ids[-1]]
+
+
+@pytest.mark.parametrize("block_rows", [1, 16, 40, None])
+def test_iter_video_means_yields_every_video_once_whole(store, block_rows):
+    """Videos cut by block boundaries (chunks of 16 rows, videos of 2..11 frames) come out whole."""
+    path, entries = store
+    with Store.open(path) as s:
+        rows, means = zip(*s.iter_video_means(block_rows=block_rows))
+        rows = np.concatenate(rows)
+        assert rows.tolist() == list(range(len(entries)))
+        for i, m in enumerate(np.concatenate(means)):
+            np.testing.assert_allclose(m, entries[i].embeddings.mean(0), rtol=1e-5, atol=1e-6)
+        unit = np.concatenate([m for _, m in s.iter_video_means(block_rows=block_rows, normalize=True)])
+        np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1, rtol=1e-5)
+        np.testing.assert_array_equal(s.video_means(normalize=True), unit)

@@ -282,15 +282,46 @@ class Store:
             timestamp[sel] = seg.frame_column("timestamp")[local]
         return [table.ids[v] for v in vrow], frame_index, timestamp
 
-    def video_means(self, video_ids: Optional[Sequence[str]] = None, normalize: bool = False) -> np.ndarray:
-        """(V, D) float32 mean frame embedding per video, streamed block by block."""
+    def iter_video_means(self, block_rows: Optional[int] = None, normalize: bool = False
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(video rows (b,) int64, means (b, D) float32) of whole videos, in store order, one
+        block of frame rows (``iter_blocks``) at a time: memory stays at one block plus the
+        partial sum of the one video a block boundary cuts, whatever the store's size. Every
+        video is yielded once (one without frames as zeros)."""
         table = self.videos
-        sums = np.zeros((len(table), self.dim or 0), dtype=np.float64)
-        for block in self.iter_blocks(dtype=np.float32):
-            _segment_sum(sums, block.video_rows, block.embeddings)
-        means = (sums / np.maximum(table.n_frames, 1)[:, None]).astype(np.float32)
+        ends = table.frame_start + table.n_frames  # (V,) global frame row after each video's last
+        D = self.dim or 0
+        next_row = 0  # the first video not yet yielded
+        carry: Optional[np.ndarray] = None  # (D,) float64 partial sum of video ``next_row``
+        for block in self.iter_blocks(block_rows, dtype=np.float32):
+            stop = block.start + len(block.embeddings)
+            hi = int(block.video_rows[-1])  # rows are sorted: videos are contiguous in frame order
+            sums = np.zeros((hi - next_row + 1, D), dtype=np.float64)
+            _segment_sum(sums, block.video_rows - next_row, block.embeddings)
+            if carry is not None:
+                sums[0] += carry
+            done = hi - next_row + (1 if ends[hi] <= stop else 0)  # videos complete after this block
+            if done:
+                yield self._means_of(np.arange(next_row, next_row + done, dtype=np.int64), sums[:done], normalize)
+            carry = sums[done] if done <= hi - next_row else None
+            next_row += done
+        if next_row < len(table):  # trailing videos without frames (and a video the last block ended)
+            rest = np.zeros((len(table) - next_row, D), dtype=np.float64)
+            if carry is not None:
+                rest[0] += carry
+            yield self._means_of(np.arange(next_row, len(table), dtype=np.int64), rest, normalize)
+
+    def _means_of(self, rows: np.ndarray, sums: np.ndarray, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+        means = (sums / np.maximum(self.videos.n_frames[rows], 1)[:, None]).astype(np.float32)  # (b, D)
         if normalize:
             means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        return rows, means
+
+    def video_means(self, video_ids: Optional[Sequence[str]] = None, normalize: bool = False) -> np.ndarray:
+        """(V, D) float32 mean frame embedding per video, streamed block by block (``iter_video_means``)."""
+        means = np.zeros((len(self.videos), self.dim or 0), dtype=np.float32)
+        for rows, block in self.iter_video_means(normalize=normalize):
+            means[rows] = block
         return means[self.rows(video_ids)] if video_ids is not None else means
 
     def load_padded(self, video_ids: Optional[Sequence[str]] = None, max_frames: Optional[int] = None,
