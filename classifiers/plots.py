@@ -1,8 +1,8 @@
-"""Figures of a run (curves, confusion matrix) and of a report (bar chart). Headless (Agg)."""
+"""Figures of a run (curves, confusion matrix), of a report (bar chart) and the embedding map. Headless (Agg)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import matplotlib
 
@@ -71,6 +71,58 @@ def plot_report(columns: list[str], metrics: list[str], means: np.ndarray, stds:
     ax.set_ylim(0, 1.05)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(4, len(columns)), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+UNLABELLED_COLOUR = "#9a9a9a"
+MAX_LEGEND_LABELS = 20
+
+
+def label_colours(names: Sequence[str]) -> dict[str, Any]:
+    """One colour per label (tab10, tab20, then evenly spaced hues)."""
+    n = len(names)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "hsv")
+    return {name: cmap(i if n <= 20 else i / n) for i, name in enumerate(names)}
+
+
+def plot_embedding_map(xy: np.ndarray, labels: Sequence[Optional[str]], is_test: Sequence[bool],
+                       misclassified: Sequence[Optional[bool]], path: Path, title: str,
+                       run_name: Optional[str] = None) -> None:
+    """Scatter of (V, 2) map coordinates: colour = label (unlabelled grey), test videos ringed
+    in black, the ones ``run_name`` misclassified crossed in red."""
+    xy = np.asarray(xy, dtype=np.float64)
+    n = len(xy)
+    size = float(np.clip(6000 / max(n, 1), 3, 60))
+    names = sorted({lab for lab in labels if lab})
+    colours = label_colours(names)
+    lab = np.array([x or "" for x in labels], dtype=object)
+    test = np.asarray(is_test, dtype=bool)
+    wrong = np.array([bool(w) for w in misclassified], dtype=bool)
+    fig, ax = plt.subplots(figsize=(9.5, 7))
+    none = lab == ""
+    if none.any():
+        ax.scatter(xy[none, 0], xy[none, 1], s=size, c=UNLABELLED_COLOUR, alpha=0.6, linewidths=0,
+                   label=f"unlabelled ({int(none.sum())})")
+    counts = {name: int((lab == name).sum()) for name in names}
+    shown = sorted(names, key=lambda nm: -counts[nm])[:MAX_LEGEND_LABELS]
+    for name in names:
+        sel = lab == name
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=colours[name], alpha=0.85, linewidths=0,
+                   label=f"{name} ({counts[name]})" if name in shown else None)
+    if test.any():
+        ax.scatter(xy[test, 0], xy[test, 1], s=size * 2.2, facecolors="none", edgecolors="black", linewidths=0.9,
+                   label=f"test video ({int(test.sum())})")
+    if run_name is not None:
+        ax.scatter(xy[wrong, 0], xy[wrong, 1], s=size * 3, marker="x", c="red", linewidths=1.6,
+                   label=f"misclassified by {run_name} ({int(wrong.sum())})")
+    if len(names) > len(shown):
+        ax.plot([], [], " ", label=f"... {len(names) - len(shown)} more labels")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

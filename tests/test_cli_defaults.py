@@ -12,6 +12,7 @@ import pytest
 
 from classifiers.config import TrainConfig
 from classifiers.demo import DemoConfig
+from classifiers.embedding_map import MapConfig
 from cli.main import main
 from cli.options import default_of
 from encoders.build import BuildConfig
@@ -57,6 +58,8 @@ DEFAULTS = {
     **{("train", name): (TrainConfig, name) for name in ("alpha", "epochs", "batch_size", "lr", "seeds", "eval_every",
                                                          "device", "layers", "max_frames", "k", "level", "prompt")},
     ("predict", "device"): (TrainConfig, "device"),
+    ("map", "method"): (MapConfig, "method"),
+    ("map", "seed"): (MapConfig, "seed"),
 }
 # Options whose default means "keep what exists / let the component decide": help names the default.
 HELP_DEFAULTS = {
