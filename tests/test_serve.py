@@ -158,6 +158,29 @@ def test_key_frame_when_the_source_video_is_gone(class_videos, tiny_clip_path, t
         assert_error(c.get(f"/api/videos/{vid}/file"), 404, "no longer where the store recorded it")
 
 
+def test_map_route_is_the_cli_map_with_thumbnails_computed_once(server, client, clip_store):
+    from classifiers.embedding_map import MapConfig, compute_map
+    r = client.get("/api/map")
+    assert r.status_code == 200, r.text
+    m = r.json()
+    with Store.open(clip_store) as s:
+        want = compute_map(s, MapConfig())
+        mid = {v: int(s.get_frames(v)[0][len(s.get_frames(v)[0]) // 2]) for v in s.videos.ids}
+        assert m["label_names"] == s.label_names
+    assert m["generation"] == 1 and m["method"] == want.method and m["title"] == want.title
+    assert [p["video_id"] for p in m["points"]] == want.ids and m["videos"] == 16
+    np.testing.assert_allclose([[p["x"], p["y"]] for p in m["points"]], want.xy, atol=1e-5)  # the same map
+    assert [p["label"] for p in m["points"]] == want.labels and {p["split"] for p in m["points"]} == {None}
+    for p in m["points"]:
+        assert p["thumbnail_url"] == f"/api/videos/{p['video_id']}/frames/{mid[p['video_id']]}.jpg"
+    for p in m["points"][:2]:
+        img = client.get(p["thumbnail_url"])
+        assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg" and img.content[:2] == b"\xff\xd8"
+    cached = server.app.state.backend.current.cache["map"]
+    assert client.get("/api/map").json() == m and server.app.state.backend.current.cache["map"] is cached
+    assert "map" in client.get("/openapi.json").json()["paths"]["/api/map"]["get"]["summary"]
+
+
 def test_every_bad_request_is_a_4xx_with_a_message(client):
     post = lambda body, **kw: client.post("/api/search", content=body, headers={"content-type": "application/json"},
                                           **kw)
@@ -215,6 +238,7 @@ def test_token_required_and_refused(clip_store):
             assert_error(c.get(route, headers={"Authorization": "Bearer wrong-token-123"}), 401)
             assert c.get(route, headers={"Authorization": f"Bearer {token}"}).status_code == 200, route
         assert_error(c.post("/api/search", json={"text": "a"}), 401)
+        assert_error(c.get("/api/map"), 401, "Authorization: Bearer")
         ok = c.post("/api/search", json={"text": "a"}, headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200
         assert_error(c.get("/?token=wrong-token-123"), 401)

@@ -40,12 +40,17 @@ def browser():
         driver.quit()
 
 
-def test_text_query_thumbnails_and_playback_from_the_hit(browser, class_videos, tiny_clip_path, tmp_path):
+@pytest.fixture(scope="module")
+def clip_store(class_videos, tiny_clip_path, tmp_path_factory):
+    videos, labels = class_videos
+    return build_clip_store(videos, labels, tiny_clip_path, tmp_path_factory.mktemp("browser") / "store")
+
+
+def test_text_query_thumbnails_and_playback_from_the_hit(browser, clip_store, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
-    videos, labels = class_videos
-    store = build_clip_store(videos, labels, tiny_clip_path, tmp_path / "store")
+    store = clip_store
     wait = WebDriverWait(browser, 60)
     with BackgroundServer(store, ServeConfig(port=0, device="cpu")) as srv:
         browser.get(srv.url + "/")
@@ -85,3 +90,33 @@ def test_text_query_thumbnails_and_playback_from_the_hit(browser, class_videos, 
         browser.find_elements(By.CSS_SELECTOR, "#results .card .more")[0].click()
         wait.until(lambda d: "frame" in d.find_element(By.ID, "status").text)
         assert shutil.which("chromium") or Path(CHROMIUM).is_file()
+
+
+def test_map_draws_every_video_and_hover_shows_its_thumbnail(browser, clip_store, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    wait = WebDriverWait(browser, 60)
+    with BackgroundServer(clip_store, ServeConfig(port=0, device="cpu", map_method="pca")) as srv:
+        browser.get(srv.url + "/#/map")
+        wait.until(lambda d: d.find_element(By.ID, "map-canvas").get_attribute("data-points") == "16")
+        assert "16 videos, PCA" in browser.find_element(By.ID, "map-title").text
+        # the pointer onto point 3, in viewport pixels
+        x, y = browser.execute_script("const c = document.getElementById('map-canvas'); c.scrollIntoView();"
+                                      "const r = c.getBoundingClientRect(), p = window.vstoreMap.pixel(3);"
+                                      "return [r.left + p[0], r.top + p[1]];")
+        actions = ActionBuilder(browser)
+        actions.pointer_action.move_to_location(int(round(x)), int(round(y)))
+        actions.perform()
+        wait.until(lambda d: d.execute_script(
+            "const tip = document.getElementById('map-tip'), img = document.getElementById('map-tip-img');"
+            "return !tip.hidden && img.complete && img.naturalWidth > 0;"))
+        vid = browser.execute_script("return document.getElementById('map-tip-text').textContent.split(' · ')[0];")
+        assert vid == browser.execute_script("return window.vstoreMap.point(3).video_id;")
+        if os.environ.get("VSTORE_SCREENSHOT"):
+            shot = Path(os.environ["VSTORE_SCREENSHOT"])
+            browser.save_screenshot(str(shot.with_name(shot.stem + "-map.png")))
+        ActionChains(browser).click().perform()  # opens the video's page
+        wait.until(lambda d: not d.find_element(By.ID, "video-view").get_attribute("hidden")
+                   and d.find_element(By.ID, "video-title").text == vid)

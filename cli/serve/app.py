@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qs, quote
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -240,6 +241,26 @@ def create_app(store: str | Path, config: Optional[ServeConfig] = None, backend:
                               f"not {ctype}")
         body = parse_json_body(await request.body())
         return json_response(await run_in_threadpool(answer, body, None))
+
+    def map_json(g: Generation) -> dict[str, Any]:
+        emap = backend.embedding_map(g)
+        t = g.store.videos
+        has = t.n_frames > 0
+        frames = np.full(len(t), -1, dtype=np.int64)
+        if has.any():  # the middle sampled frame, as a video-level hit shows
+            _, fi, _ = g.store.frame_refs(t.frame_start[has] + t.n_frames[has] // 2)
+            frames[has] = fi
+        return {"generation": g.generation, "method": emap.method, "method_reason": emap.reason, "title": emap.title,
+                "videos": len(emap.ids), "label_names": g.store.label_names,
+                "points": [{"video_id": v, "x": round(float(x), 5), "y": round(float(y), 5), "label": lab,
+                            "split": sp, **urls(v, int(f) if f >= 0 else None)}
+                           for v, (x, y), lab, sp, f in zip(emap.ids, emap.xy.tolist(), emap.labels, emap.splits,
+                                                            frames)]}
+
+    @app.get("/api/map", summary="The map of the videos (as `vstore map`), computed once per served generation")
+    def map_route():
+        with backend.snapshot() as g:
+            return backend.once(g, "map", lambda: map_json(g))
 
     @app.get("/api/videos/{video_id}", summary="A video's metadata and sampled frames")
     def video(video_id: str):

@@ -69,6 +69,7 @@ class Generation:
     refs: int = 0
     retired: bool = False
     opened: float = field(default_factory=time.time)
+    cache: dict[str, Any] = field(default_factory=dict)  # answers computed once per generation (the map)
 
     @property
     def generation(self) -> int:
@@ -83,6 +84,7 @@ class Backend:
         self.config = config or ServeConfig()
         self._lock = threading.Lock()  # guards _current and refs
         self._reload_lock = threading.Lock()  # one reload at a time
+        self._once_lock = threading.Lock()  # per-generation answers (Backend.once)
         self._stamp = self._stamp_now()
         self.index_problem: Optional[str] = None  # why the newest generation is not served, if it is not
         self._current = self._open_generation(first=True)
@@ -219,6 +221,20 @@ class Backend:
             idle = g.refs == 0
         if idle:
             g.store.close()
+
+    def once(self, g: Generation, key: str, make: Callable[[], T]) -> T:
+        """``make()`` computed once per generation and kept with it (one computation at a time:
+        concurrent first requests wait for the first one's answer)."""
+        with self._once_lock:
+            if key not in g.cache:
+                g.cache[key] = make()
+            return g.cache[key]
+
+    def embedding_map(self, g: Generation) -> Any:
+        """The map of ``g``'s videos (``classifiers.embedding_map``, as `vstore map` makes it)."""
+        from classifiers.embedding_map import MapConfig, compute_map
+        cfg = MapConfig(method=self.config.map_method, seed=self.config.map_seed)
+        return compute_map(g.store, cfg)
 
     # -- encoder -------------------------------------------------------------------------------
     def encoder(self):

@@ -42,6 +42,10 @@ class ServeConfig:
     # Frame thumbnails: width in pixels and how many JPEGs the LRU cache keeps (~15 KB each).
     thumb_width: int = 320
     thumb_cache: int = 2048
+    # The page's map of the videos (GET /api/map): method and seed as `vstore map --method --seed`,
+    # computed on the first request for each served generation and kept with it.
+    map_method: str = "auto"
+    map_seed: int = 0
     # uvicorn's log level.
     log_level: str = "warning"
 
@@ -62,5 +66,8 @@ class ServeConfig:
                      "search_threads", "thumb_cache"):
             if getattr(self, name) < 1:
                 raise ValueError(f"serve: {name} must be >= 1, got {getattr(self, name)}")
+        from classifiers.embedding_map import METHODS
+        if self.map_method not in METHODS:
+            raise ValueError(f"serve: map_method must be one of {', '.join(METHODS)}, got {self.map_method!r}")
         if self.poll_s <= 0 or self.batch_window_ms < 0 or not 16 <= self.thumb_width <= 2048:
             raise ValueError("serve: poll_s > 0, batch_window_ms >= 0 and thumb_width in 16..2048 are required")

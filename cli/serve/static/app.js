@@ -122,6 +122,7 @@ function render(res) {
 
 async function showVideo(id, t) {
   $("#search-view").hidden = true;
+  $("#map-view").hidden = true;
   $("#video-view").hidden = false;
   $("#video-title").textContent = id;
   const player = $("#player");
@@ -162,12 +163,118 @@ async function showVideo(id, t) {
   }
 }
 
+// -- the map of the videos (GET /api/map: the coordinates `vstore map` writes) ---------------------
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+const UNLABELLED = "#b4b4b4";
+const mapState = { data: null, px: [], radius: 4, hover: -1 };
+
+function labelColours(names) {
+  const out = {};
+  names.forEach((n, i) => {
+    out[n] = names.length <= PALETTE.length ? PALETTE[i] : `hsl(${Math.round((360 * i) / names.length)}, 65%, 46%)`;
+  });
+  return out;
+}
+
+function drawMap() {
+  const data = mapState.data;
+  if (!data) return;
+  const canvas = $("#map-canvas");
+  const W = canvas.parentElement.clientWidth || 1000, H = Math.max(320, Math.min(Math.round(W * 0.62), window.innerHeight - 190));  // fits the window
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr);
+  canvas.style.height = `${H}px`;
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, W, H);
+  const pts = data.points, margin = 18;
+  const xmax = pts.reduce((m, p) => Math.max(m, p.x), 1e-9), ymax = pts.reduce((m, p) => Math.max(m, p.y), 1e-9);
+  const scale = Math.min((W - 2 * margin) / xmax, (H - 2 * margin) / ymax);
+  const ox = (W - xmax * scale) / 2, oy = (H - ymax * scale) / 2;
+  mapState.px = pts.map((p) => [ox + p.x * scale, H - oy - p.y * scale]);  // y up, as the PNG
+  const r = mapState.radius = Math.max(2.5, Math.min(7, 240 / Math.sqrt(pts.length)));
+  const colours = labelColours(data.label_names);
+  const order = pts.map((p, i) => i).sort((a, b) => (pts[a].label ? 1 : 0) - (pts[b].label ? 1 : 0));  // unlabelled below
+  for (const i of order) {
+    const [x, y] = mapState.px[i], p = pts[i];
+    ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI);
+    ctx.fillStyle = p.label ? (colours[p.label] || UNLABELLED) : UNLABELLED;
+    ctx.globalAlpha = p.label ? 0.9 : 0.6; ctx.fill(); ctx.globalAlpha = 1;
+    if (p.split === "test") { ctx.beginPath(); ctx.arc(x, y, r + 2.5, 0, 2 * Math.PI); ctx.strokeStyle = "#000"; ctx.lineWidth = 1; ctx.stroke(); }
+  }
+  canvas.dataset.points = String(pts.length);
+  const legend = $("#map-legend");
+  legend.textContent = "";
+  const counts = {};
+  for (const p of pts) counts[p.label || ""] = (counts[p.label || ""] || 0) + 1;
+  const item = (colour, text, ring) => {
+    const span = document.createElement("span");
+    const dot = document.createElement("i");
+    dot.style.background = ring ? "transparent" : colour;
+    if (ring) dot.style.border = "1px solid #000";
+    span.append(dot, document.createTextNode(text));
+    legend.append(span);
+  };
+  for (const n of data.label_names) if (counts[n]) item(colours[n], `${n} (${counts[n]})`);
+  if (counts[""]) item(UNLABELLED, `unlabelled (${counts[""]})`);
+  const tests = pts.filter((p) => p.split === "test").length;
+  if (tests) item(null, `test video (${tests})`, true);
+}
+
+function nearestPoint(x, y) {
+  let best = -1, bestD = Math.max(8, mapState.radius + 3) ** 2;
+  mapState.px.forEach(([px, py], i) => {
+    const d = (px - x) ** 2 + (py - y) ** 2;
+    if (d <= bestD) { best = i; bestD = d; }
+  });
+  return best;
+}
+
+function hoverMap(ev) {
+  const canvas = $("#map-canvas"), rect = canvas.getBoundingClientRect();
+  const x = ev.clientX - rect.left, y = ev.clientY - rect.top;
+  const i = nearestPoint(x, y);
+  const tip = $("#map-tip");
+  mapState.hover = i;
+  canvas.style.cursor = i >= 0 ? "pointer" : "crosshair";
+  if (i < 0) { tip.hidden = true; return; }
+  const p = mapState.data.points[i];
+  const img = $("#map-tip-img");
+  if (p.thumbnail_url) { if (img.getAttribute("src") !== p.thumbnail_url) img.src = p.thumbnail_url; img.hidden = false; }
+  else { img.removeAttribute("src"); img.hidden = true; }
+  img.alt = `${p.video_id} thumbnail`;
+  $("#map-tip-text").textContent = [p.video_id, p.label || "unlabelled", p.split].filter(Boolean).join(" · ");
+  tip.hidden = false;
+  const left = x + 224 > rect.width ? x - 224 : x + 14;
+  tip.style.left = `${Math.max(0, left)}px`; tip.style.top = `${Math.max(0, y + 14)}px`;
+}
+
+async function showMap() {
+  try {
+    if (!mapState.data || (state.info && mapState.data.generation !== state.info.served_generation)) {
+      $("#map-title").textContent = "Computing the map…";
+      mapState.data = await api("/api/map");
+    }
+    const d = mapState.data;
+    $("#map-title").textContent = `Mean frame embeddings of ${d.title} · generation ${d.generation} · hover for a thumbnail, click to open`;
+    drawMap();
+  } catch (e) {
+    $("#map-title").textContent = e.message;
+  }
+}
+
+// exposed for tests and the console: where point i is drawn (CSS pixels from the canvas's top left)
+window.vstoreMap = { pixel: (i) => mapState.px[i], point: (i) => mapState.data.points[i], count: () => mapState.px.length };
+
 function route() {
   const m = location.hash.match(/^#\/video\/([^?]+)(?:\?t=([0-9.]+))?/);
   if (m) { showVideo(decodeURIComponent(m[1]), parseFloat(m[2] || "0")); return; }
   $("#player").pause();
   $("#video-view").hidden = true;
-  $("#search-view").hidden = false;
+  const onMap = location.hash === "#/map";
+  $("#map-view").hidden = !onMap;
+  $("#search-view").hidden = onMap;
+  if (onMap) showMap();
 }
 
 function setup() {
@@ -200,6 +307,14 @@ function setup() {
     document.body.append(a); a.click(); a.remove();
     setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   });
+  const canvas = $("#map-canvas");
+  canvas.addEventListener("mousemove", hoverMap);
+  canvas.addEventListener("mouseleave", () => { $("#map-tip").hidden = true; mapState.hover = -1; });
+  canvas.addEventListener("click", (ev) => {
+    hoverMap(ev);
+    if (mapState.hover >= 0) location.hash = `#/video/${encodeURIComponent(mapState.data.points[mapState.hover].video_id)}?t=0`;
+  });
+  window.addEventListener("resize", () => { if (!$("#map-view").hidden) drawMap(); });
   window.addEventListener("hashchange", route);
   loadInfo();
   route();
