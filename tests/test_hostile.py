@@ -330,6 +330,17 @@ def test_4_safe_cell_round_trip(value):
     assert plain_cell(cell) == value
 
 
+def test_4_numbers_stay_numbers():
+    """A number is never a formula: negative scores and offsets stay numeric for pandas and
+    spreadsheets; a string that looks like one is still neutralised."""
+    import numpy as np
+
+    from vstore.csvsafe import plain_cell, safe_cell
+    assert [safe_cell(v) for v in (-0.5, -3, np.float32(-1.5), np.int64(-2))] == ["-0.5", "-3", "-1.5", "-2"]
+    assert safe_cell("-0.5") == "'-0.5" and plain_cell(safe_cell("-0.5")) == "-0.5"
+    assert safe_cell(True) == "True" and plain_cell("-0.5") == "-0.5"
+
+
 def test_4_failures_and_downloaded_csv(tmp_path, runner):
     from encoders.build.failures import Failure, FailureLog
     from encoders.download.ledger import DownloadedLog, DownloadedRow
