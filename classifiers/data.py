@@ -12,7 +12,6 @@ the training device once; batches are index-selects on those tensors. What each 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
@@ -21,23 +20,13 @@ import torch
 
 from vstore import Store
 from vstore.errors import SplitError
+from vstore.sysmem import available_memory_bytes
 
 from .models import SEQUENCE_MODELS
 
 log = logging.getLogger(__name__)
 
 GATHER_BYTES = 64 << 20  # in-memory batches are gathered in blocks of at most this many bytes
-
-
-def available_memory_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 @dataclass

@@ -46,6 +46,7 @@ from .index_faiss import FaissFileError, faiss_message, faiss_metric, ivf_of, re
 from .manifest import SegmentEntry
 from .segment import SegmentReader, chunk_checksums, file_sha256
 from .store import Store
+from .sysmem import memory_limit_bytes
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class IndexConfig:
     # auto: beyond this many vectors the IVF lists hold PQ codes (D/8 bytes per vector)
     # instead of full vectors, so 10M+ frames fit in memory. Recall drops a few points.
     pq_min: int = 10_000_000
-    # auto: the frame index must fit in this many MiB of RAM (0 = half the machine's memory).
+    # auto: the frame index must fit in this many MiB of RAM (0 = half the machine's memory,
+    # or of the process's cgroup limit: vstore.sysmem).
     # Flat and IVF-Flat hold 4*D (+8 for an IVF id) bytes a vector, IVF-PQ D/8 + 8: auto
     # takes the most exact kind that fits, so a store too large for full vectors gets PQ
     # codes before pq_min (autofaiss's max_index_memory_usage).
@@ -152,10 +154,7 @@ class IndexConfig:
         """The budget ``auto`` fits the frame index into (``memory_budget_mb``; 0 = half of RAM)."""
         if self.memory_budget_mb:
             return int(self.memory_budget_mb) << 20
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-        except (ValueError, OSError, AttributeError):  # pragma: no cover - no sysconf (Windows)
-            return 8 << 30
+        return memory_limit_bytes() // 2  # the machine's memory, or the cgroup's limit
 
     @property
     def faiss_metric(self) -> int:
