@@ -63,6 +63,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (default: the recipe's)")
     p.add_argument("--kinds", nargs="+", default=["content", "order", "mixed"])
     p.add_argument("--no-mixup", action="store_true", help="only runs without mixup")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to run (default: all)")
     args = p.parse_args()
     if args.quick:
         args.videos, args.folds, args.seeds = min(args.videos, 300), min(args.folds, 3), 1
@@ -76,7 +77,7 @@ def main() -> None:
         make_sequence_store(store, SequenceConfig(kind=kind, n_videos=args.videos, dim=64, frames=24,
                                                   n_classes=4 if kind == "content" else 2), test_size=0.2)
         runs, figures = [], {}
-        for model in MODELS:
+        for model in args.models:
             for mixup in ((False,) if args.no_mixup else (False, True)):
                 name = model + ("-mixup" if mixup else "")
                 cfg = TrainConfig(model=model, mixup=mixup, seeds=args.seeds, folds=args.folds, epochs=args.epochs,

@@ -51,6 +51,8 @@ def run(videos: Path, encoder, frames: int, k: int, engine: str) -> float:
 def main() -> None:
     p = common.parser(__doc__.split("\n")[0], repeats=3)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="decode CPU counts k to compare")
+    p.add_argument("--videos", type=int, default=None, help="clips to build (default 8; --quick 4)")
+    p.add_argument("--frames", type=int, default=None, help="exact frames per clip (default 32; --quick 8)")
     args = p.parse_args()
     import ray
     import torch
@@ -58,6 +60,7 @@ def main() -> None:
     from encoders.registry import load_encoder
     torch.set_num_threads(1)  # the local encoder gets the one CPU the Ray encoder actor gets
     n_videos, seconds, frames = (4, 10, 8) if args.quick else (8, 30, 32)
+    n_videos, frames = args.videos or n_videos, args.frames or frames
     repeats = 1 if args.quick else args.repeats
     videos = make_videos(n_videos, seconds)
     encoder = load_encoder(f"clip:{clip_checkpoint()}", device="cpu")
