@@ -129,3 +129,54 @@ def make_class_video(path: str | Path, kind: str, n_frames: int = 24, seed: int 
                      width: int = 96, height: int = 64) -> Path:
     return write_video(path, class_frames(kind, n_frames, seed, width, height), fps=fps,
                        options={"preset": "ultrafast", "crf": "23"})
+
+
+# -- distinct scenes for near-duplicate tests ------------------------------------------------------
+
+def _smooth_noise(rng: np.random.Generator, w: int, h: int, cells: int = 4) -> np.ndarray:
+    """(H, W, 3) float32 in 0..255: a coloured low-frequency texture (bilinear upsampled noise)."""
+    coarse = rng.uniform(0, 255, (cells + 1, cells + 1, 3)).astype(np.float32)
+    ys, xs = np.linspace(0, cells, h), np.linspace(0, cells, w)
+    y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    c = coarse
+    return ((c[y0][:, x0] * (1 - fx) + c[y0][:, x0 + 1] * fx) * (1 - fy)
+            + (c[y0 + 1][:, x0] * (1 - fx) + c[y0 + 1][:, x0 + 1] * fx) * fy)
+
+
+def scene_frames(kind: str, n_frames: int, seed: int, width: int = 96, height: int = 64,
+                 title_frames: int = 0) -> list[np.ndarray]:
+    """Frames of a clip whose content is its own: a seed-chosen panning texture and a moving
+    object of content class ``kind`` (same shape and colour for every seed, own path and size).
+
+    Two seeds of one class are distinct videos of that class, not copies of each other; the
+    first ``title_frames`` frames are a title card shared by every clip (same for all seeds)."""
+    rng = np.random.default_rng(seed)
+    texture = _smooth_noise(rng, 2 * width, height, cells=6)  # panned over, so the view changes
+    title = _smooth_noise(np.random.default_rng(12345), width, height, cells=3)
+    colour = {"red_circle": (220, 40, 40), "green_square": (40, 200, 60), "blue_stripes": (40, 60, 220),
+              "yellow_cross": (230, 220, 40)}[kind]
+    x0, y0 = rng.uniform(0.2, 0.8) * width, rng.uniform(0.3, 0.7) * height
+    vx, vy = rng.uniform(-0.5, 0.5) * width, rng.uniform(-0.3, 0.3) * height
+    r = rng.uniform(0.15, 0.3) * height
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = []
+    for i in range(n_frames):
+        if i < title_frames:
+            frames.append(np.clip(title, 0, 255).astype(np.uint8))
+            continue
+        t = i / max(1, n_frames - 1)
+        shift = int(t * width)
+        img = texture[:, shift:shift + width].copy()
+        cx, cy = x0 + vx * t, y0 + vy * t
+        if kind == "red_circle":
+            m = (xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2
+        elif kind == "green_square":
+            m = (abs(xx - cx) < r) & (abs(yy - cy) < r)
+        elif kind == "blue_stripes":
+            m = (abs(yy - cy) < r) & (((xx + int(20 * t)) // 6) % 2 == 0)
+        else:
+            m = (abs(xx - cx) < r / 3) | (abs(yy - cy) < r / 3)
+        img[m] = colour
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+    return frames
