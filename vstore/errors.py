@@ -79,3 +79,7 @@ class IndexBuildError(VectorIndexError):
 
 class QueryError(VStoreError):
     """A search query that cannot be used (wrong dimension, unreadable file, unknown frame)."""
+
+
+class DedupError(VStoreError):
+    """A duplicate search that cannot run as asked, or a dedup output folder that cannot be read."""
