@@ -81,9 +81,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from . import build_cmds, demo_cmds, download_cmds, map_cmds, search_cmds, store_cmds, train_cmds
+    from . import build_cmds, dedup_cmds, demo_cmds, download_cmds, map_cmds, search_cmds, store_cmds, train_cmds
     from .serve import commands as serve_cmds
-    for module in (demo_cmds, download_cmds, build_cmds, store_cmds, train_cmds, map_cmds, search_cmds, serve_cmds):
+    for module in (demo_cmds, download_cmds, build_cmds, store_cmds, train_cmds, map_cmds, search_cmds, dedup_cmds,
+                   serve_cmds):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 

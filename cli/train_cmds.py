@@ -21,6 +21,7 @@ Examples:
   vstore split runs/store --test-size 0.1 --val-size 0.1
   vstore split runs/store --from train_config.json test_config.json
   vstore split runs/store --from train.csv test.csv val.csv
+  vstore split runs/store --test-size 0.1 --group-duplicates runs/dedup
 """)
 @store_argument
 @click.option("--test-size", type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -33,8 +34,10 @@ Examples:
               help="Different seeds give independent splits.")
 @click.option("--from", "given", is_flag=True,
               help="Use the split given by the list files that follow: TRAIN TEST [VAL].")
+@click.option("--group-duplicates", "dedup_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Keep each duplicate group found by `vstore dedup STORE --out DIR` on one side of the split.")
 @click.argument("lists", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-def split_cmd(store, test_size, val_size, seed, given, lists):
+def split_cmd(store, test_size, val_size, seed, given, dedup_dir, lists):
     """Make a stratified train/val/test split and store it in STORE, or use a given one.
 
     Every later command (train, search --split) uses this split. The same arguments on the
@@ -44,17 +47,31 @@ def split_cmd(store, test_size, val_size, seed, given, lists):
     reference study's train_config.json, [id, ...] or {id: label}; CSV with an id column; or
     one id per line). Ids not in the store and labels that disagree with the store's are
     reported; the files and their checksums are recorded in split.json.
+
+    --group-duplicates DIR: the groups of `vstore dedup` each go to one part whole, so no copy
+    of a test video is trained on; ids of DIR that the store lacks are reported, and DIR (with
+    its groups file's checksum) is recorded in split.json.
     """
+    from vstore.dedup_files import read_groups
     from vstore.given_split import split_from_lists
     with Store.open(store) as s:
         if given or lists:
             if not given or len(lists) not in (2, 3):
                 raise click.UsageError("--from takes a train list, a test list and optionally a val list")
+            if dedup_dir:
+                raise click.UsageError("--group-duplicates makes its own split; it cannot be combined with --from")
             split, report = split_from_lists(s, dict(zip(("train", "test", "val"), lists)))
             for line in report.lines():
                 click.echo(f"warning: {line}", err=True)
         else:
-            split = make_split(s, SplitConfig(test_size=test_size, val_size=val_size, seed=seed))
+            found = read_groups(dedup_dir) if dedup_dir else None
+            split = make_split(s, SplitConfig(test_size=test_size, val_size=val_size, seed=seed),
+                               groups=found.groups if found else None, groups_origin=found.origin if found else None)
+            grouping = split.origin.get("duplicate_groups")
+            if grouping and grouping["not_in_store"]:
+                click.echo(f"warning: {grouping['not_in_store']} id(s) of {dedup_dir}'s groups are not in the store "
+                           f"(ignored): {', '.join(grouping['not_in_store_examples'])}"
+                           + (" ..." if grouping["not_in_store"] > 5 else ""), err=True)
     save_split(store, split)
     if lists:
         counts = split.counts()
@@ -62,8 +79,11 @@ def split_cmd(store, test_size, val_size, seed, given, lists):
                    f"(given by {', '.join(lists)})")
         return
     counts = split.counts()
+    grouping = split.origin.get("duplicate_groups")
+    kept = (f"; {grouping['groups_used']} duplicate group(s) of {grouping['videos_grouped']} videos kept whole"
+            if grouping else "")
     click.echo(f"split {store}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
-               f"(seed {seed}, stratified over {len(set(split.assignment))} labelled videos)")
+               f"(seed {seed}, stratified over {len(set(split.assignment))} labelled videos{kept})")
 
 
 @click.command("train", epilog="""\b

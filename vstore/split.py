@@ -5,6 +5,11 @@ Stratified by label and deterministic: within each label, videos are ranked by
 ``round(val_size * n)`` to validation, the rest to train. The same arguments on the same
 store give the same split, and videos added later barely move the others. Unlabeled videos
 are in no split.
+
+With duplicate groups (``vstore split --group-duplicates DIR``, groups from ``vstore dedup``)
+each group is one unit: it is ranked by its first id and goes to test, validation or train
+whole, under its most common label, only while that part's quota of the label still has room
+for all of it; single videos are units of one, so without groups the split is the one above.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from .errors import SplitError, StoreCorruptError
 from .fsutil import WriteLock, atomic_write_json, command_line
@@ -55,23 +60,47 @@ def _rank(seed: int, video_id: str) -> str:
     return hashlib.sha256(f"{seed}:{video_id}".encode("utf-8")).hexdigest()
 
 
-def make_split(store: Store, config: SplitConfig) -> Split:
-    """Assign every labelled video of ``store`` to train/val/test (see module doc)."""
-    by_label: dict[str, list[str]] = {}
-    for vid, label in zip(store.videos.ids, store.videos.labels):
-        if label:
-            by_label.setdefault(label, []).append(vid)
-    if not by_label:
+def make_split(store: Store, config: SplitConfig, groups: Optional[Sequence[Sequence[str]]] = None,
+               groups_origin: Optional[dict] = None) -> Split:
+    """Assign every labelled video of ``store`` to train/val/test (see module doc); the videos of
+    each of ``groups`` land in one part. Group ids the store lacks are counted in the origin."""
+    labels = {vid: label for vid, label in zip(store.videos.ids, store.videos.labels) if label}
+    if not labels:
         raise SplitError(f"{store.path} has no labelled videos; build it with --labels FILE")
+    units: list[list[str]] = []
+    grouped: set[str] = set()
+    unknown: list[str] = []
+    known = set(store.videos.ids)
+    for g in groups or ():
+        unknown += [v for v in g if v not in known]
+        members = sorted({v for v in g if v in labels and v not in grouped})
+        if members:
+            units.append(members)
+            grouped.update(members)
+    units += [[v] for v in labels if v not in grouped]
+    by_label: dict[str, list[list[str]]] = {}
+    for unit in units:
+        names = sorted(labels[v] for v in unit)
+        by_label.setdefault(max(names, key=names.count), []).append(unit)  # its most common label
     assignment: dict[str, str] = {}
     for label in sorted(by_label):
-        ids = sorted(by_label[label], key=lambda v: _rank(config.seed, v))
-        n = len(ids)
+        ranked = sorted(by_label[label], key=lambda u: _rank(config.seed, u[0]))
+        n = sum(len(u) for u in ranked)
         n_test = min(n - 1, max(1, round(config.test_size * n))) if n >= 2 else 0
         n_val = min(n - 1 - n_test, round(config.val_size * n)) if config.val_size else 0
-        for i, vid in enumerate(ids):
-            assignment[vid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return Split(config, store.generation, dict(sorted(assignment.items())))
+        room = {"test": n_test, "val": n_val}
+        for unit in ranked:
+            part = next((p for p in ("test", "val") if len(unit) <= room[p]), "train")
+            if part != "train":
+                room[part] -= len(unit)
+            assignment.update((v, part) for v in unit)
+    origin: dict = {"kind": "stratified"}
+    if groups is not None:
+        multi = [u for u in units if len(u) > 1]
+        origin["duplicate_groups"] = {**(groups_origin or {}), "groups_used": len(multi),
+                                      "videos_grouped": sum(len(u) for u in multi), "not_in_store": len(unknown),
+                                      "not_in_store_examples": unknown[:5]}
+    return Split(config, store.generation, dict(sorted(assignment.items())), origin=origin)
 
 
 def save_split(store_path: str | Path, split: Split) -> None:

@@ -157,7 +157,7 @@ def scene_frames(kind: str, n_frames: int, seed: int, width: int = 96, height: i
     colour = {"red_circle": (220, 40, 40), "green_square": (40, 200, 60), "blue_stripes": (40, 60, 220),
               "yellow_cross": (230, 220, 40)}[kind]
     x0, y0 = rng.uniform(0.2, 0.8) * width, rng.uniform(0.3, 0.7) * height
-    vx, vy = rng.uniform(-0.5, 0.5) * width, rng.uniform(-0.3, 0.3) * height
+    vx, vy = rng.uniform(-0.3, 0.3) * width, rng.uniform(-0.2, 0.2) * height
     r = rng.uniform(0.15, 0.3) * height
     yy, xx = np.mgrid[0:height, 0:width]
     frames = []
