@@ -20,6 +20,7 @@ from encoders.build.ray_engine import RayConfig
 from encoders.clip_encoder import ClipConfig
 from encoders.download import DownloadConfig
 from vstore.config import StoreConfig
+from vstore.dedup import DedupConfig
 from vstore.index import IndexConfig
 from vstore.raycluster import EngineConfig
 from vstore.search import search
@@ -60,6 +61,8 @@ DEFAULTS = {
     ("predict", "device"): (TrainConfig, "device"),
     ("map", "method"): (MapConfig, "method"),
     ("map", "seed"): (MapConfig, "seed"),
+    **{("dedup", name): (DedupConfig, name) for name in ("frame_threshold", "min_share", "min_frames", "offset_slack",
+                                                         "neighbours", "search", "nprobe", "report_pairs")},
 }
 # Options whose default means "keep what exists / let the component decide": help names the default.
 HELP_DEFAULTS = {
