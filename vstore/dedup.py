@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SEARCH_MODES = ("auto", "index", "exact")
 _MAX_OWN_FRAMES = 1024  # extra neighbours asked for, at most, so a video's own frames cannot crowd out others
+_EXACT_BLOCK_ROWS = 8192  # store rows scored at once by the exact search: (1024 queries x this) scores
 _HIST_BINS = 40  # histogram of each frame's best other-video cosine, over [-1, 1]
 
 
@@ -233,7 +234,7 @@ def _searcher(store: Store, config: DedupConfig) -> tuple[Searcher, str]:
     def exact(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         S = np.full((len(q), k), -np.inf, dtype=np.float32)
         I = np.full((len(q), k), -1, dtype=np.int64)
-        for r, (rows, scores) in enumerate(exact_frame_search(store, q, k, "cosine")):
+        for r, (rows, scores) in enumerate(exact_frame_search(store, q, k, "cosine", block_rows=_EXACT_BLOCK_ROWS)):
             S[r, :len(rows)], I[r, :len(rows)] = scores, rows
         return S, I
     return exact, "exact"
