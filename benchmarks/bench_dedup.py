@@ -26,13 +26,12 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from common import OUT, med, out_dir, parser, save, table  # puts the checkout on sys.path
 
-from common import OUT, med, out_dir, parser, save, table  # noqa: I001  (common puts the repo on sys.path)
-
-from vstore import Store, StoreConfig, StoreWriter, VideoEntry  # noqa: E402
-from vstore.dedup import DedupConfig, find_duplicates  # noqa: E402
-from vstore.index import IndexConfig  # noqa: E402
-from vstore.index_build import build_index  # noqa: E402
+from vstore import Store, StoreConfig, StoreWriter, VideoEntry
+from vstore.dedup import DedupConfig, find_duplicates
+from vstore.index import IndexConfig
+from vstore.index_build import build_index
 
 SPACING = 1.0  # seconds between sampled frames
 COPY_SHARE = 0.01
@@ -79,7 +78,7 @@ def child(store: str, search: str) -> None:
     """One timed round (in a fresh process): prints a JSON line."""
     planted = {frozenset(p) for p in json.loads(Path(store).with_suffix(".planted.json").read_text())}
     with Store.open(store) as s:
-        s.videos  # the table is loaded by any command; not part of the finder's time
+        _ = s.videos  # the table is loaded by any command; not part of the finder's time
         tracemalloc.start()
         t0, c0 = time.perf_counter(), time.process_time()
         r = find_duplicates(s, DedupConfig(search=search))
