@@ -58,8 +58,10 @@ def crossings(groups: list[list[str]], assignment: dict[str, str]) -> list[Cross
     return sorted(out, key=lambda c: (-len(c.test_videos), -c.size, c.group))
 
 
-def _fmt(x: float, digits: int = 4) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def _fmt(x: float, digits: int = 4) -> float | str:
+    """A number as a number (csvsafe writes numbers as they are: a negative offset is no formula);
+    NaN (no timestamps) as an empty cell."""
+    return "" if x is None or math.isnan(x) else round(float(x), digits)
 
 
 def write_results(out: str | Path, store: Store, result: DedupResult, config: DedupConfig,
