@@ -31,18 +31,62 @@ log = logging.getLogger(__name__)
 
 VIEW_DIR = Path("cache") / "train-view"
 FILE_BYTES = 8 << 20  # checksums are computed over reads of this size
+SYNC_BYTES = 64 << 20  # the view is written to disk (and out of the page cache) this many bytes at a time
 
 
 def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
+def _drop_cache(fd: int, upto: int) -> None:
+    """Let the kernel drop the file's pages before ``upto`` from the page cache (after they
+    reached the disk): writing or checking a view many times the memory limit of a cgroup
+    must not fill that cgroup with its page cache. Advice only (no-op where unsupported)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, upto, os.POSIX_FADV_DONTNEED)
+
+
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        done = 0
         while chunk := f.read(FILE_BYTES):
             h.update(chunk)
+            done += len(chunk)
+            if done % SYNC_BYTES < FILE_BYTES:
+                _drop_cache(f.fileno(), done)
     return h.hexdigest()
+
+
+class _SyncedWriter:
+    """Appends to a new file, hashing what it writes; every ``SYNC_BYTES`` the data is forced
+    to disk and dropped from the page cache, so dirty pages stay bounded (a view written
+    through a shared mapping left its whole size dirty until the end: more than a cgroup's
+    limit, the kernel kills the process rather than write back in time)."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "wb")
+        self.sha = hashlib.sha256()
+        self.written = self.synced = 0
+
+    def write(self, a: np.ndarray) -> None:
+        b = np.ascontiguousarray(a).data
+        self.f.write(b)
+        self.sha.update(b)
+        self.written += b.nbytes
+        if self.written - self.synced >= SYNC_BYTES:
+            self.sync()
+
+    def sync(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        _drop_cache(self.f.fileno(), self.written)
+        self.synced = self.written
+
+    def close(self) -> str:
+        self.sync()
+        self.f.close()
+        return self.sha.hexdigest()
 
 
 @dataclass
@@ -102,23 +146,19 @@ def _write_view(store: Store, path: Path, T: int, max_frames: Optional[int], blo
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        frames = np.memmap(tmp / "frames.f16", dtype=np.float16, mode="w+", shape=(V, T, D))
-        valid = np.memmap(tmp / "valid.u8", dtype=np.uint8, mode="w+", shape=(V, T))
-        hf, hv = hashlib.sha256(), hashlib.sha256()
-        for a in tqdm(range(0, V, block_videos), desc="training view", unit="block", disable=not progress):
-            block = store.load_padded(ids[a:a + block_videos], max_frames=max_frames, dtype=np.float16)
-            f = np.zeros((len(block.ids), T, D), dtype=np.float16)  # (b, T, D): pad to the view's T
-            f[:, :block.embeddings.shape[1]] = block.embeddings
-            m = np.zeros((len(block.ids), T), dtype=np.uint8)
-            m[:, :block.valid.shape[1]] = block.valid
-            frames[a:a + len(f)] = f
-            valid[a:a + len(m)] = m
-            hf.update(f.tobytes())
-            hv.update(m.tobytes())
-        frames.flush()
-        valid.flush()
-        del frames, valid
-        sums = {"frames.f16": hf.hexdigest(), "valid.u8": hv.hexdigest()}
+        frames, valid = _SyncedWriter(tmp / "frames.f16"), _SyncedWriter(tmp / "valid.u8")
+        try:
+            for a in tqdm(range(0, V, block_videos), desc="training view", unit="block", disable=not progress):
+                block = store.load_padded(ids[a:a + block_videos], max_frames=max_frames, dtype=np.float16)
+                f = np.zeros((len(block.ids), T, D), dtype=np.float16)  # (b, T, D): pad to the view's T
+                f[:, :block.embeddings.shape[1]] = block.embeddings
+                m = np.zeros((len(block.ids), T), dtype=np.uint8)
+                m[:, :block.valid.shape[1]] = block.valid
+                frames.write(f)
+                valid.write(m)
+        finally:
+            hf, hv = frames.close(), valid.close()
+        sums = {"frames.f16": hf, "valid.u8": hv}
         for name, want in sums.items():  # verify what reached the disk
             if _file_sha256(tmp / name) != want:
                 raise StoreCorruptError(f"{tmp / name}: checksum mismatch right after writing (disk error?)", str(tmp))
