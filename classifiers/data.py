@@ -130,9 +130,10 @@ class ViewStream:
         cuda = data.device.type == "cuda"
         for b in range(0, n, per_block):
             pos = order[b:b + per_block]
-            src = self.rows[pos]
-            frames = self.frames.index_select(0, src).float()  # (n, T, D): gathered from the mapping
-            valid = self.valid.index_select(0, src).bool()  # (n, T)
+            src, order_of = self.rows[pos].sort()  # gathered in file order (fewer, closer reads) ...
+            back = order_of.argsort()  # ... then put back in the epoch's order
+            frames = self.frames.index_select(0, src).float()[back]  # (n, T, D)
+            valid = self.valid.index_select(0, src).bool()[back]  # (n, T)
             if cuda:
                 frames, valid = frames.pin_memory(), valid.pin_memory()
             frames = frames.to(data.device, non_blocking=True)
@@ -182,6 +183,8 @@ def load_split_data(store: Store, ids: Sequence[str], model: str, device: torch.
                     raise
                 log.warning("cannot write the training view of %s (%s); streaming from the segments", store.path, e)
         if view is not None:
+            if need > budget:  # the page cache cannot hold the view: read only the rows gathered
+                view.advise_random()
             frames = torch.from_numpy(view.frames)  # no copy: the mapping itself
             valid = torch.from_numpy(view.valid)
             data.stream = ViewStream(frames, valid, view.rows(ids))

@@ -207,6 +207,7 @@ def test_memory_mapped_training_view(order_seq_store, tmp_path):
         view = open_train_view(s)
         verify_train_view(view)
         assert isinstance(view.frames, np.memmap) and view.frames.shape == (600, 24, 64)
+        view.advise_random()  # a view larger than memory: no readahead; reads are unchanged
         ids = list(s.videos.ids)[:50]
         padded = s.load_padded(ids, dtype=np.float16)
         np.testing.assert_array_equal(np.asarray(view.frames[view.rows(ids)]), padded.embeddings)

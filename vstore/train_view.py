@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import uuid
@@ -99,6 +100,15 @@ class TrainView:
     def rows(self, video_ids: Sequence[str]) -> np.ndarray:
         pos = {v: i for i, v in enumerate(self.ids)}
         return np.array([pos[v] for v in video_ids], dtype=np.int64)
+
+    def advise_random(self) -> None:
+        """Tell the kernel the frames will be read in random order (a shuffled epoch over a
+        view larger than memory): no readahead, so a 12 KB row costs a 12 KB read, not the
+        128 KB+ window that evicts the rows still to be gathered (measured: 500 MB/s read
+        from disk for ~30 MB/s of rows). Advice only; no-op without ``mmap.madvise``."""
+        mm = getattr(self.frames, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            mm.madvise(mmap.MADV_RANDOM)
 
 
 def _view_path(store: Store, T: int) -> Path:
