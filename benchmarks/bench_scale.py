@@ -36,6 +36,7 @@ from encoders.video.sampling import sample_video
 
 
 def run(videos: Path, encoder, frames: int, k: int, engine: str) -> float:
+    """Wall seconds of one ``build_store`` of ``videos`` (a directory) into a fresh store."""
     from encoders.build.ray_engine import RayConfig
     store = common.OUT / "scale" / "stores" / f"{engine}-{k}"
     if store.exists():
@@ -53,6 +54,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="decode CPU counts k to compare")
     p.add_argument("--videos", type=int, default=None, help="clips to build (default 8; --quick 4)")
     p.add_argument("--frames", type=int, default=None, help="exact frames per clip (default 32; --quick 8)")
+    p.add_argument("--marginal", action="store_true",
+                   help="also build one video with each engine: the difference is the per-video cost without "
+                        "the fixed start-up (Ray's encoder actor imports torch and loads the model per build)")
     args = p.parse_args()
     import ray
     import torch
@@ -63,6 +67,11 @@ def main() -> None:
     n_videos, frames = args.videos or n_videos, args.frames or frames
     repeats = 1 if args.quick else args.repeats
     videos = make_videos(n_videos, seconds)
+    one = videos.parent / f"{videos.name}-one"
+    if args.marginal and not one.is_dir():
+        one.mkdir()
+        first = sorted(videos.glob("*.mp4"))[0]
+        shutil.copy2(first, one / first.name)
     encoder = load_encoder(f"clip:{clip_checkpoint()}", device="cpu")
     paths = sorted(videos.glob("*.mp4"))
     print(f"{n_videos} videos x {seconds} s, {frames} exact frames each; {repeats} rounds; "
@@ -87,19 +96,36 @@ def main() -> None:
         t = time.perf_counter()
         ray.init(num_cpus=k + 1, include_dashboard=False, log_to_driver=False)
         ray_start = time.perf_counter() - t
+        cases = {f"{engine} k={k}": (lambda k=k, e=engine: run(videos, encoder, frames, k, e))
+                 for engine in ("local", "ray")}
+        if args.marginal:  # the same builds of one video: their difference is the per-video cost
+            cases.update({f"{engine} k={k}, 1 video": (lambda k=k, e=engine: run(one, encoder, frames, k, e))
+                          for engine in ("local", "ray")})
         try:
-            times = common.interleaved({f"local k={k}": lambda k=k: run(videos, encoder, frames, k, "local"),
-                                        f"ray k={k}": lambda k=k: run(videos, encoder, frames, k, "ray")},
-                                       repeats, warmup=0 if args.quick else 1)["wall"]
+            times = common.interleaved(cases, repeats, warmup=0 if args.quick else 1)["wall"]
         finally:
             ray.shutdown()
         r = common.ratio(times, f"ray k={k}", f"local k={k}")
         n_frames = n_videos * frames
-        for name in (f"local k={k}", f"ray k={k}"):
-            rows.append([name, common.med(times[name]), n_frames / common.med(times[name])])
+        for name in cases:
+            rows.append([name, common.med(times[name]), (n_frames if "1 video" not in name else frames)
+                         / common.med(times[name])])
         results[k] = {"times": times, "ratio": r, "ray_init_s": ray_start}
         verdicts.append(common.verdict(f"Ray / local build time, k={k} (ray.init {ray_start:.1f} s apart)", r, 1.15,
                                        False))
+        if args.marginal:
+            # per round: (N-video build - 1-video build), Ray over local: the cost of the other
+            # N - 1 videos, without either engine's fixed start-up (Ray's actor loads the model)
+            marg = [(a - b) / (c - d) for a, b, c, d in zip(times[f"ray k={k}"], times[f"ray k={k}, 1 video"],
+                                                            times[f"local k={k}"], times[f"local k={k}, 1 video"])]
+            results[k]["marginal_ratios"] = marg
+            for engine in ("local", "ray"):  # T(1) minus one video's marginal cost: the build's fixed start-up
+                t1, tn = common.med(times[f"{engine} k={k}, 1 video"]), common.med(times[f"{engine} k={k}"])
+                results[k][f"{engine}_fixed_s"] = t1 - (tn - t1) / (n_videos - 1)
+            print(f"k={k}: fixed start-up per build: Ray {results[k]['ray_fixed_s']:.1f} s, "
+                  f"local {results[k]['local_fixed_s']:.1f} s", flush=True)
+            verdicts.append(common.verdict(f"Ray / local marginal time of {n_videos - 1} more videos, k={k} "
+                                           "(fixed start-up excluded)", common.med(marg), 1.15, False))
     common.table(rows, ["case", "wall s", "frames/s"])
     common.save("bench_scale", {"decode_cpu_s_per_video": decode, "encoder_images_per_s_1thread": enc_rate,
                                 "results": results, "verdicts": verdicts})
