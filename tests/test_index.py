@@ -93,7 +93,7 @@ def test_config_validation_and_auto_choice():
     with pytest.raises(ValueError, match="nprobe"):
         IndexConfig(nprobe=0)
     assert IndexConfig(kind="HNSW").kind == "hnsw"
-    cfg = IndexConfig()
+    cfg = IndexConfig(memory_budget_mb=1 << 20)  # the count rules, whatever this machine's RAM (budget: test_index_auto)
     assert factory_for(cfg, 1000, 512) == "Flat"
     assert factory_for(cfg, 500_000, 512) == "Flat"
     assert factory_for(cfg, 1_000_000, 512) == "IVF4000,Flat"
