@@ -193,7 +193,7 @@ def kill_build_repeatedly(videos: Path, store: Path, reference: dict[str, np.nda
             if have == len(reference):
                 stores.append(store.with_name(f"{store.name}-{len(stores)}"))
                 have = 0
-            target = have + int(rng.integers(1, 4))
+            target = min(have + int(rng.integers(1, 4)), len(reference))  # a build never commits more than all
             pid = runner.start(_build_cmd(videos, stores[-1])[3:])
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
