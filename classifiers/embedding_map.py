@@ -107,10 +107,10 @@ class EmbeddingMap:
 
 def umap_available() -> bool:
     try:
-        import umap  # noqa: F401
+        import umap
     except Exception:  # ImportError, or umap-learn broken against this numba / numpy
         return False
-    return True
+    return hasattr(umap, "UMAP")  # not a leftover folder of an uninstalled umap-learn
 
 
 def choose_method(cfg: MapConfig, n_videos: int) -> tuple[str, str]:
