@@ -51,6 +51,19 @@ def error(status: int, message: str, headers: Optional[dict] = None) -> JSONResp
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def middle_frames(store, rows: np.ndarray) -> np.ndarray:
+    """(R,) int64 frame number of each video row's middle sampled frame (-1: no frames), the
+    frame a video stands for on the page; through the store's cached frame columns."""
+    t = store.videos
+    n = t.n_frames[rows]
+    out = np.full(len(rows), -1, dtype=np.int64)
+    has = n > 0
+    if has.any():
+        _, fi, _ = store.frame_refs(t.frame_start[rows][has] + n[has] // 2)
+        out[has] = fi
+    return out
+
+
 def json_response(content: dict[str, Any]) -> Response:
     """``content`` (plain JSON types only) rendered by orjson, skipping FastAPI's
     ``jsonable_encoder`` walk: 1.5 ms of a served vector search's 9 ms went to the two."""
@@ -164,8 +177,8 @@ def create_app(store: str | Path, config: Optional[ServeConfig] = None, backend:
     def hit_json(g: Generation, h: Hit) -> dict[str, Any]:
         frame = h.frame_index
         if frame is None:  # a video-level hit shows its middle sampled frame
-            fi, _ = g.store.get_frames(h.video_id)
-            frame = int(fi[len(fi) // 2]) if len(fi) else None
+            f = int(middle_frames(g.store, np.array([g.store.row(h.video_id)]))[0])
+            frame = f if f >= 0 else None
         return {"rank": h.rank, "video_id": h.video_id, "frame_index": h.frame_index, "timestamp": h.timestamp,
                 "score": h.score, "label": h.label, **urls(h.video_id, frame)}
 
@@ -244,12 +257,7 @@ def create_app(store: str | Path, config: Optional[ServeConfig] = None, backend:
 
     def map_json(g: Generation) -> dict[str, Any]:
         emap = backend.embedding_map(g)
-        t = g.store.videos
-        has = t.n_frames > 0
-        frames = np.full(len(t), -1, dtype=np.int64)
-        if has.any():  # the middle sampled frame, as a video-level hit shows
-            _, fi, _ = g.store.frame_refs(t.frame_start[has] + t.n_frames[has] // 2)
-            frames[has] = fi
+        frames = middle_frames(g.store, np.arange(len(g.store.videos)))  # as a video-level hit shows
         return {"generation": g.generation, "method": emap.method, "method_reason": emap.reason, "title": emap.title,
                 "videos": len(emap.ids), "label_names": g.store.label_names,
                 "points": [{"video_id": v, "x": round(float(x), 5), "y": round(float(y), 5), "label": lab,
