@@ -180,3 +180,25 @@ def test_finetune_trains_and_saves_the_encoder(tiny_clip_path, class_videos, tmp
     before = torch.load(tiny_clip_path, weights_only=True)
     key = "visual.conv1.weight"
     assert key in ck["state_dict"] and not torch.equal(ck["state_dict"][key], before[key])
+
+
+def test_history_train_loss_is_the_mean_of_the_steps_since_the_last_evaluation(content_store):
+    """The running training loss is summed on the device (no per-step tensors kept: they grew
+    the heap by ~270 KB a step); it must still be the mean of exactly the steps it covers."""
+    from classifiers.train import make_optimizer, make_scheduler, seed_everything, train_seed, train_steps
+    cfg = TrainConfig(model="linear", recipe="reference", epochs=2, batch_size=4, eval_every=3)
+    with Store.open(content_store) as s:
+        ids = list(s.videos.ids)
+        data = load_split_data(s, ids, "linear", torch.device("cpu"))
+        mc = ModelConfig(model="linear", dim=int(s.dim), n_classes=len(s.label_names))
+        r = train_seed(0, cfg, mc, data, data, "test", s.label_names, progress=False)
+    gen = seed_everything(0)  # replay seed 0 step by step, as train_seed does
+    model = build_model(mc, None)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, 2 * -(-len(ids) // 4))
+    losses = [float(l) for _ in range(2) for l in train_steps(model, opt, data, cfg, gen, None, sched)]
+    steps = [h["step"] for h in r.history]
+    assert steps[:2] == [3, 6] and steps[-1] == len(losses)
+    starts = [0] + steps[:-1]
+    for h, a in zip(r.history, starts):
+        assert h["train_loss"] == pytest.approx(np.mean(losses[a:h["step"]]), rel=1e-5), h
