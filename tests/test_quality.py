@@ -221,6 +221,14 @@ def test_memory_mapped_training_view(order_seq_store, tmp_path):
         for idx, batch in got:
             torch.testing.assert_close(batch["frames"], full.tensors["frames"][idx])
             assert torch.equal(batch["valid"], full.tensors["valid"][idx])
+        # over the budget: each block read in file order, then put back in the epoch's order
+        cold = load_split_data(s, ids, "transformer", torch.device("cpu"), memmap=True, memory_budget=0)
+        assert cold.stream.file_order and not mapped.stream.file_order
+        cold.stream.block_bytes = 24 * 64 * 4 * 8 * 2  # blocks of 2 batches: several blocks
+        got_cold = list(cold.batches(8, shuffle=torch.Generator().manual_seed(0)))
+        assert [i.tolist() for i, _ in got_cold] == [i.tolist() for i, _ in got]
+        for (_, a), (_, b) in zip(got_cold, got):
+            assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["valid"], b["valid"])
     x = np.ones((2, 24, 64), dtype=np.float32)
     write_sequence_store(store_path, x, np.array([0, 1]), ["fade-in", "fade-out"], test_size=0, ids=["new-a", "new-b"])
     with Store.open(store_path) as s:
