@@ -51,3 +51,21 @@ def test_cli_without_ray_says_how_to_install_it(runner, class_videos, tiny_clip_
     assert r.exit_code == 1 and 'pip install "vstore[ray]"' in r.output, r.output
     r = runner.invoke(main, ["index", str(tmp_path / "s"), "--engine", "ray"])
     assert r.exit_code == 1
+
+
+def test_ray_encoder_calls_hold_whole_batches():
+    """Each encoder-actor call pads its last batch to full size (bit-identical vectors); the
+    auto videos per call picks the count whose frames leave the least padding."""
+    from encoders.build.ray_engine import RayConfig, videos_per_call
+
+    def padding(v, f, b):
+        return (-v * f) % b / (v * f)
+    assert videos_per_call(33, 64) == 31  # 32 frames + key frame, CPU batches: 1,023 of 1,024
+    assert videos_per_call(101, 256) == 10  # 100 + 1, GPU batches: 1.4% padding where 16 videos pad 10.9%
+    for f, b in [(33, 64), (101, 256), (17, 64), (101, 64), (9, 512)]:
+        v = videos_per_call(f, b)
+        assert 8 <= v <= 32 and all(padding(v, f, b) <= padding(w, f, b) for w in range(8, 33))
+    assert videos_per_call(64, 64) == 8  # every count fills its batches: the smallest
+    assert RayConfig().videos_per_batch == 0 and RayConfig(videos_per_batch=5).videos_per_batch == 5
+    with pytest.raises(ValueError, match="videos_per_batch"):
+        RayConfig(videos_per_batch=-1)

@@ -52,10 +52,11 @@ class RayConfig:
     device: str = "auto"
     encoders: int = 0  # encoder actors (fixed pool); 0 = one per GPU, or 1 CPU actor without GPUs
     encoder_cpus: float = 1.0  # CPUs a CPU encoder actor reserves (its torch threads)
-    # Videos handed to an encoder actor at a time (16 x 101 frames = 6.3 batches of 256: the
-    # padded last batch of each costs < 10%). The batch size itself is --batch-size, as
-    # locally: the same batch size gives bit-identical vectors, another one may not.
-    videos_per_batch: int = 16
+    # Videos handed to an encoder actor at a time; 0 = auto (``videos_per_call``): the count in
+    # 8..32 whose frames fill the encoder's batches best, since each call's last batch is padded
+    # (16 x 33 frames in batches of 64 computed 9% padding; 31 x 33 computes 0.1%). The batch
+    # size itself is --batch-size, as locally: the same batch size gives bit-identical vectors.
+    videos_per_batch: int = 0
     wave_videos: int = 2048  # videos per Ray Data pipeline run (bounds driver and object store memory)
     task_retries: int = 2  # a decode whose worker dies is retried this often before the video fails
 
@@ -65,13 +66,23 @@ class RayConfig:
         for name in ("encoders", "task_retries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("videos_per_batch", "wave_videos"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.videos_per_batch < 0:
+            raise ValueError(f"videos_per_batch must be >= 0 (0 = auto), got {self.videos_per_batch}")
+        if self.wave_videos < 1:
+            raise ValueError(f"wave_videos must be >= 1, got {self.wave_videos}")
         if self.encoder_cpus <= 0:
             raise ValueError(f"encoder_cpus must be > 0, got {self.encoder_cpus}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ValueError(f"num_cpus must be >= 1, got {self.num_cpus}")
+
+
+def videos_per_call(images_per_video: int, batch_size: int, lo: int = 8, hi: int = 32) -> int:
+    """Videos per encoder-actor call: the V in ``lo..hi`` whose ``V x images_per_video`` images
+    leave the least padding in the call's last (padded, full-size) batch, as a fraction of
+    the images; the smallest such V on ties. Exact for builds whose videos all yield the
+    requested frames (the common case); others pad as much as any fixed count would."""
+    assert images_per_video >= 1 and batch_size >= 1 and 1 <= lo <= hi
+    return min(range(lo, hi + 1), key=lambda v: ((-v * images_per_video) % batch_size / (v * images_per_video), v))
 
 
 # -- the decode stage (Ray tasks) -------------------------------------------------------------
@@ -183,12 +194,13 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
     try:
         device, n_actors, resources = _encoder_pool(ray, rc)
         threads = max(1, math.floor(rc.encoder_cpus))
+        per_call = rc.videos_per_batch or videos_per_call(config.frames + 1, batch_size)  # + the key frame
         ctx = ray.data.DataContext.get_current()
         saved.update({k: getattr(ctx, k) for k in ("enable_progress_bars", "max_errored_blocks")})
         ctx.enable_progress_bars = False  # the driver's own bar says what matters
         ctx.max_errored_blocks = -1  # a decode task that died after its retries drops only its video
-        log.info("Ray build: %d videos, %d %s encoder actor(s), %g cluster CPUs", len(tasks), n_actors, device,
-                 ray.cluster_resources().get("CPU", 0))
+        log.info("Ray build: %d videos, %d %s encoder actor(s) (%d videos a call), %g cluster CPUs", len(tasks),
+                 n_actors, device, per_call, ray.cluster_resources().get("CPU", 0))
         for w in range(0, len(tasks), rc.wave_videos):
             wave = {t.video_id: t for t in tasks[w:w + rc.wave_videos]}
             ds = ray.data.from_items([asdict(t) for t in wave.values()], override_num_blocks=len(wave))
@@ -197,7 +209,7 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
                 ds = ds.map(decode_row, fn_kwargs={"timeout": config.video_timeout}, num_cpus=1,
                             max_retries=rc.task_retries, retry_exceptions=False)
             ds = ds.map_batches(
-                EncoderActor, batch_size=rc.videos_per_batch, batch_format="numpy",
+                EncoderActor, batch_size=per_call, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 fn_constructor_kwargs=dict(spec=spec, device=device, batch_size=batch_size, threads=threads,
                                            expected_id=encoder.identity.get("id")),
