@@ -133,14 +133,15 @@ class ViewStream:
         cuda = data.device.type == "cuda"
         for b in range(0, n, per_block):
             pos = order[b:b + per_block]
+            src, back = self.rows[pos], None
             if self.file_order:
-                src, order_of = self.rows[pos].sort()
+                src, order_of = src.sort()
                 back = order_of.argsort()
-                frames = self.frames.index_select(0, src)[back].float()  # (n, T, D)
-                valid = self.valid.index_select(0, src)[back].bool()  # (n, T)
-            else:
-                frames = self.frames.index_select(0, self.rows[pos]).float()  # (n, T, D)
-                valid = self.valid.index_select(0, self.rows[pos]).bool()  # (n, T)
+            frames = self.frames.index_select(0, src)  # (n, T, D) float16
+            valid = self.valid.index_select(0, src)  # (n, T) uint8
+            if back is not None:
+                frames, valid = frames[back], valid[back]
+            frames, valid = frames.float(), valid.bool()
             if cuda:
                 frames, valid = frames.pin_memory(), valid.pin_memory()
             frames = frames.to(data.device, non_blocking=True)
