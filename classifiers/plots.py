@@ -13,18 +13,26 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Loss, accuracy and F1 against training step, one line per seed."""
+    """Loss, accuracy and F1 against training step, one colour per seed. A cross-validated
+    run draws each fold as its own line (steps restart at every fold), in its seed's colour."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     seeds = sorted({h["seed"] for h in history})
-    for seed in seeds:
-        hs = [h for h in history if h["seed"] == seed]
-        steps = [h["step"] for h in hs]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, seed in enumerate(seeds):
+        c = colours[i % len(colours)]
         tag = f" (seed {seed})" if len(seeds) > 1 else ""
-        axes[0].plot(steps, [h["train_loss"] for h in hs], label="train" + tag)
-        axes[0].plot(steps, [h["eval_loss"] for h in hs], "--", label=hs[0]["split"] + tag)
-        axes[1].plot(steps, [h["eval_accuracy"] for h in hs], label=tag or "accuracy")
-        axes[2].plot(steps, [h["eval_f1_micro"] for h in hs], label="F1 micro" + tag)
-        axes[2].plot(steps, [h["eval_f1_macro"] for h in hs], ":", label="F1 macro" + tag)
+        folds = sorted({(h.get("repeat", 0), h.get("fold", 0)) for h in history if h["seed"] == seed})
+        for j, fold in enumerate(folds):
+            hs = [h for h in history if h["seed"] == seed and (h.get("repeat", 0), h.get("fold", 0)) == fold]
+            steps = [h["step"] for h in hs]
+            first = j == 0  # one legend entry per seed
+            axes[0].plot(steps, [h["train_loss"] for h in hs], color=c, label=("train" + tag) if first else None)
+            axes[0].plot(steps, [h["eval_loss"] for h in hs], "--", color=c,
+                         label=(hs[0]["split"] + tag) if first else None)
+            axes[1].plot(steps, [h["eval_accuracy"] for h in hs], color=c, label=(tag or "accuracy") if first else None)
+            axes[2].plot(steps, [h["eval_f1_micro"] for h in hs], color=c, label=("F1 micro" + tag) if first else None)
+            axes[2].plot(steps, [h["eval_f1_macro"] for h in hs], ":", color=c,
+                         label=("F1 macro" + tag) if first else None)
     split = history[0]["split"] if history else "eval"
     for ax, name in zip(axes, ("loss", f"{split} accuracy", f"{split} F1")):
         ax.set_xlabel("step")
