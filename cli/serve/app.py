@@ -213,19 +213,30 @@ def create_app(store: str | Path, config: Optional[ServeConfig] = None, backend:
                              "thumbnail_cache": {"hits": thumbs.hits, "misses": thumbs.misses}}
             return out
 
-    def answer(body: dict[str, Any], image: Optional[bytes]) -> dict[str, Any]:
+    async def answer(body: dict[str, Any], image: Optional[bytes]) -> dict[str, Any]:
+        """A search request's answer. A vector query goes from the event loop straight to a
+        search thread; a text, image or stored-video query is embedded on a worker thread first
+        (announced to the batcher meanwhile, so a partial batch waits for it)."""
         t0 = time.perf_counter()
         q, params = parse_search(body, config, image)
-        with backend.batcher.incoming():
-            def run(g: Generation):
-                t = time.perf_counter()
+
+        async def run(g: Generation):
+            t = time.perf_counter()
+            if q.kind == "vector":
                 vector = embed(backend, g, q)
-                embedded = time.perf_counter() - t
-                hits = backend.search_vector(g, vector, params)
-                return g.generation, [hit_json(g, h) for h in hits], embedded
-            generation, hits, embedded = backend.run(run)
+            else:
+                vector = await run_in_threadpool(embed_announced, g, q)
+            embedded = time.perf_counter() - t
+            hits = await backend.search_vector(g, vector, params)
+            return g.generation, [hit_json(g, h) for h in hits], embedded
+
+        generation, hits, embedded = await backend.run(run)
         return {"query": q.describe(), "k": params.k, "generation": generation, "hits": hits,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 3), "embed_ms": round(embedded * 1000, 3)}
+
+    def embed_announced(g: Generation, q) -> np.ndarray:
+        with backend.batcher.incoming():
+            return embed(backend, g, q)
 
     @app.post("/api/search", summary="Nearest frames (or videos) to a text, stored video/frame, vector or image",
               openapi_extra={"requestBody": {"content": {
@@ -248,12 +259,12 @@ def create_app(store: str | Path, config: Optional[ServeConfig] = None, backend:
             for many in ("labels", "exclude"):
                 if len(form.getlist(many)) > 1:
                     body[many] = [v for v in form.getlist(many) if isinstance(v, str)]
-            return json_response(await run_in_threadpool(answer, body, data))
+            return json_response(await answer(body, data))
         if ctype not in ("application/json", ""):
             return error(415, f"send the query as application/json (or multipart/form-data with an image), "
                               f"not {ctype}")
         body = parse_json_body(await request.body())
-        return json_response(await run_in_threadpool(answer, body, None))
+        return json_response(await answer(body, None))
 
     def map_json(g: Generation) -> dict[str, Any]:
         emap = backend.embedding_map(g)

@@ -13,6 +13,7 @@ and the swap happens only once its index loaded and checked.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 
@@ -197,17 +198,17 @@ class Backend:
             if idle:
                 g.store.close()
 
-    def run(self, fn: Callable[[Generation], T]) -> T:
-        """``fn(generation)``, retried on the newest generation when the one it ran on went stale
-        (a `vstore index` replaced the index under it): a swap never fails a request."""
+    async def run(self, fn: Callable[[Generation], Awaitable[T]]) -> T:
+        """``await fn(generation)``, retried on the newest generation when the one it ran on went
+        stale (a `vstore index` replaced the index under it): a swap never fails a request."""
         for attempt in range(3):
             with self.snapshot() as g:
                 try:
-                    return fn(g)
+                    return await fn(g)
                 except _RETRY:
                     if attempt == 2:
                         raise
-            self.check(force=True)
+            await asyncio.to_thread(self.check, True)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -252,12 +253,13 @@ class Backend:
             return self._encoder
 
     # -- search --------------------------------------------------------------------------------
-    def search_vector(self, g: Generation, q: np.ndarray, params: SearchParams) -> list[Hit]:
-        """Hits of one (D,) query on generation ``g``, through the micro-batcher."""
+    async def search_vector(self, g: Generation, q: np.ndarray, params: SearchParams) -> list[Hit]:
+        """Hits of one (D,) query on generation ``g``, through the micro-batcher (the event loop
+        awaits a search thread; it never blocks on the search)."""
         q = check_query(g.store, q)
         if q.ndim != 1:
             raise QueryError(f"give one ({g.store.dim},) vector per request, got shape {q.shape}")
-        return self.batcher.submit((id(g), params), (g, q))
+        return await self.batcher.submit_async((id(g), params), (g, q))
 
     def _run_batch(self, key: tuple, items: list[tuple[Generation, np.ndarray]]) -> list[list[Hit]]:
         params: SearchParams = key[1]

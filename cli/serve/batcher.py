@@ -1,13 +1,16 @@
 """Micro-batching: concurrent vector queries with equal parameters answered by one FAISS search.
 
-Request threads ``submit`` (key, item) and wait. Search threads take the oldest queued item
-and every other queued item with the same key (up to ``max_batch``) and run them as one
-(B, D) search. A search thread waits up to ``window_s`` for more queries only while other
-requests have announced themselves (``incoming``) and not yet submitted, so a lone query is
+Requests ``submit`` (key, item) and wait: a thread blocks in ``submit``, a coroutine awaits
+``submit_async`` (the event loop hands the query to a search thread directly, without a
+worker-thread hop each way). Search threads take the oldest queued item and every other
+queued item with the same key (up to ``max_batch``) and run them as one (B, D) search. A
+search thread waits up to ``window_s`` for more queries only while other requests have
+announced themselves (``incoming``) and not yet submitted, so a lone query is
 answered at once: batching adds latency only when it has something to batch.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -20,11 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class _Item:
-    __slots__ = ("key", "value", "done", "result", "error")
+    __slots__ = ("key", "value", "on_done", "result", "error")
 
-    def __init__(self, key: Hashable, value: Any):
+    def __init__(self, key: Hashable, value: Any, on_done: Callable[[], None]):
         self.key, self.value = key, value
-        self.done = threading.Event()
+        self.on_done = on_done  # called once, on a search thread, when result or error is set
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -66,7 +69,37 @@ class MicroBatcher:
                     self._cv.notify_all()
 
     def submit(self, key: Hashable, value: Any) -> Any:
-        item = _Item(key, value)
+        """The result for ``value``, blocking this thread until a search thread has it."""
+        done = threading.Event()
+        item = _Item(key, value, done.set)
+        self._enqueue(item)
+        while not done.wait(1.0):  # a search thread that died must not hang its requests
+            self._check_alive()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    async def submit_async(self, key: Hashable, value: Any) -> Any:
+        """The result for ``value``, awaited on the running event loop (which never blocks)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def resolve() -> None:  # on the loop
+            if not future.done():
+                if item.error is not None:
+                    future.set_exception(item.error)
+                else:
+                    future.set_result(item.result)
+
+        item = _Item(key, value, lambda: loop.call_soon_threadsafe(resolve))
+        self._enqueue(item)
+        while True:
+            done, _ = await asyncio.wait([future], timeout=1.0)
+            if done:
+                return future.result()
+            self._check_alive()
+
+    def _enqueue(self, item: _Item) -> None:
         ticket = getattr(self._tickets, "ticket", None)
         with self._cv:
             if self._closed:
@@ -76,12 +109,10 @@ class MicroBatcher:
                 self._incoming -= 1
             self._queue.append(item)
             self._cv.notify_all()
-        while not item.done.wait(1.0):  # a search thread that died must not hang its requests
-            if not any(t.is_alive() for t in self._threads):
-                raise RuntimeError("the search threads stopped; see the server log")
-        if item.error is not None:
-            raise item.error
-        return item.result
+
+    def _check_alive(self) -> None:
+        if not any(t.is_alive() for t in self._threads):
+            raise RuntimeError("the search threads stopped; see the server log")
 
     def _take(self) -> list[_Item] | None:
         with self._cv:
@@ -129,7 +160,10 @@ class MicroBatcher:
                 self.batches += 1
                 self.queries += len(batch)
             for it in batch:
-                it.done.set()
+                try:
+                    it.on_done()
+                except RuntimeError:  # the request's event loop closed (server shutting down)
+                    log.debug("a search result arrived after its event loop closed")
 
     def close(self) -> None:
         with self._cv:
