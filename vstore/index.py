@@ -68,21 +68,25 @@ class IndexConfig:
     # cosine: vectors L2-normalised (copies; the store is untouched), inner product.
     # ip: raw inner product. l2: squared Euclidean distance (lower = closer).
     metric: str = "cosine"
-    # auto: exact Flat search up to this many vectors (FAISS guideline: ~1M). Below it a
-    # query scans everything (~0.1-0.3 s per query at 500k x 512 on 2 cores); above, IVF.
+    # auto, when nothing was measured (a store below auto_measure_min, the video-mean index,
+    # an index.json written before measuring): exact Flat up to this many vectors, IVF beyond.
     flat_max: int = 500_000
-    # auto, from this many vectors up to flat_max: choose Flat or IVF by measurement, as
-    # autofaiss does: both are built on a sample of auto_sample rows, searched one query at
-    # a time with auto_queries held-out stored rows; IVF wins when its recall@10 against
-    # Flat is >= auto_recall and its latency, scaled to the store's size (Flat ~ N, IVF ~
-    # sqrt(N)), is lower. Below: Flat.
-    auto_measure_min: int = 100_000
+    # auto, from this many vectors up (any size beyond): choose Flat or IVF by measurement, as
+    # autofaiss does. Both are built on a sample of auto_sample rows and searched one query at
+    # a time (what a served store pays) with auto_queries held-out stored rows; IVF wins when
+    # its recall@10 against Flat is >= auto_recall and its latency, scaled to the store's size
+    # (Flat ~ N, IVF ~ sqrt(N)), is at most 1 / auto_min_speedup of Flat's: exact answers are
+    # given up only for a clear gain, so timing noise does not flip the choice. Below: Flat
+    # (an exact query over < 20k x 512 costs ~1 ms, and so small a sample measures nothing).
+    auto_measure_min: int = 20_000
     auto_sample: int = 50_000
     auto_queries: int = 200
     auto_recall: float = 0.95
-    # What that measurement chose ("flat" | "ivf"; "" = not measured), recorded in index.json
-    # so appends keep the choice; above flat_max auto is IVF whatever it says.
+    auto_min_speedup: float = 2.0
+    # What that measurement chose ("flat" | "ivf"; "" = not measured) and on how many frames,
+    # recorded in index.json so appends keep the choice; a store grown 4x since measures again.
     auto_choice: str = ""
+    auto_rows: int = 0
     # auto: beyond this many vectors the IVF lists hold PQ codes (D/8 bytes per vector)
     # instead of full vectors, so 10M+ frames fit in memory. Recall drops a few points.
     pq_min: int = 10_000_000
@@ -141,6 +145,10 @@ class IndexConfig:
         for name in ("auto_measure_min", "auto_sample", "auto_queries"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not float(self.auto_min_speedup) >= 1.0:
+            raise ValueError(f"auto_min_speedup must be >= 1, got {self.auto_min_speedup}")
+        if int(self.auto_rows) < 0:
+            raise ValueError(f"auto_rows must be >= 0, got {self.auto_rows}")
         if self.auto_choice not in ("", "flat", "ivf"):
             raise ValueError(f"auto_choice must be '', 'flat' or 'ivf', got {self.auto_choice!r}")
         if not 0.0 <= float(self.auto_recall) <= 1.0:
@@ -185,7 +193,10 @@ def factory_for(config: IndexConfig, n: int, d: int, *, for_videos: bool = False
         kind = "auto"
     budget = config.memory_budget_bytes()
     if kind == "auto":
-        if n <= config.flat_max and (config.auto_choice != "ivf" or for_videos) and n * 4 * d <= budget:
+        choice = "" if for_videos else config.auto_choice  # measured on frames only
+        if not choice:  # nothing measured: the count rule
+            choice = "flat" if n <= config.flat_max else "ivf"
+        if choice == "flat" and n * 4 * d <= budget:
             return "Flat"
         kind = "ivf"
     if kind == "flat":

@@ -86,8 +86,8 @@ def sample_rows(store: Store, rows: np.ndarray, block_rows: int) -> np.ndarray:
 
 
 def measure_auto(store: Store, config: IndexConfig) -> tuple[str, str]:
-    """(kind "flat" | "ivf", why) for ``kind=auto`` on a store of ``auto_measure_min`` to
-    ``flat_max`` frames, measured on a sample (see ``IndexConfig.auto_measure_min``)."""
+    """(kind "flat" | "ivf", why) for ``kind=auto`` on a store of ``auto_measure_min`` frames
+    or more, measured on a sample (see ``IndexConfig.auto_measure_min``)."""
     n, d = store.n_frames, int(store.dim)
     rng = np.random.default_rng(config.seed)
     m = min(n, config.auto_sample + config.auto_queries)
@@ -119,7 +119,7 @@ def measure_auto(store: Store, config: IndexConfig) -> tuple[str, str]:
     flat_ms, ivf_ms = 1000 * t_flat * scale, 1000 * t_ivf * np.sqrt(scale)
     why = (f"auto measured on {len(base)} rows, {len(q)} held-out queries: IVF recall@{k} {recall:.3f} at nprobe "
            f"{ivf_of(ivf).nprobe}, {ivf_ms:.2f} ms per query vs Flat {flat_ms:.2f} ms (scaled to {n} rows)")
-    kind = "ivf" if recall >= config.auto_recall and ivf_ms < flat_ms else "flat"
+    kind = "ivf" if recall >= config.auto_recall and ivf_ms * config.auto_min_speedup <= flat_ms else "flat"
     log.info("%s: %s", why, kind)
     return kind, f"{why}: {kind}"
 
@@ -259,10 +259,12 @@ def _clean(directory: Path, keep: set[str]) -> None:
 
 # Fields that do not change what the FAISS files hold: changing them rewrites index.json only.
 RUNTIME_FIELDS = ("nprobe", "ef_search", "gpu", "gpu_train", "block_rows")
+# What ``auto`` measured (results, not settings): a config that does not carry them changes nothing.
+MEASURED_FIELDS = ("auto_choice", "auto_rows")
 
 
 def _build_settings(config: IndexConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS}
+    return {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS + MEASURED_FIELDS}
 
 
 def _family(factory: str) -> str:
@@ -274,6 +276,11 @@ def _growth_reason(meta: IndexMeta, config: IndexConfig, store: Store) -> Option
     """Why appending would be wrong for an ``auto`` index that has grown a lot."""
     if config.kind != "auto":
         return None
+    if config.auto_choice and store.n_frames > 4 * max(config.auto_rows, 1):
+        return (f"the store has grown {store.n_frames / max(config.auto_rows, 1):.1f}x since auto measured "
+                f"{config.auto_choice} on {config.auto_rows} frames: measuring again")
+    if not config.auto_choice and store.n_frames >= config.auto_measure_min:
+        return f"the store reached {config.auto_measure_min:,} frames, where auto measures Flat against IVF"
     now = factory_for(config, store.n_frames, int(store.dim))
     if _family(now) != _family(meta.frame_part.factory):
         return f"auto now chooses {now} (was {meta.frame_part.factory})"
@@ -325,6 +332,8 @@ def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *,
                 log.warning("%s; rebuilding it", e)
                 meta = None
             config = config or (meta.config if meta else IndexConfig())
+            if meta is not None and config.kind == "auto" == meta.config.kind:  # what auto measured stays
+                config = replace(config, auto_choice=meta.config.auto_choice, auto_rows=meta.config.auto_rows)
             plan, reason = _plan(store, meta, config, rebuild)
             frames = videos = None
             if plan == "append":
@@ -361,9 +370,11 @@ def build_index(store_path: str | Path, config: Optional[IndexConfig] = None, *,
                 f_factory, v_factory = meta.frame_part.factory, meta.video_part.factory
             else:
                 log.info("building the index of %s (%s)", store_path, reason)
-                if config.kind == "auto" and config.auto_measure_min <= store.n_frames <= config.flat_max:
+                if config.kind == "auto" and store.n_frames >= config.auto_measure_min:
                     kind, why = measure_auto(store, config)
-                    config, reason = replace(config, auto_choice=kind), f"{reason}; {why}"
+                    config, reason = replace(config, auto_choice=kind, auto_rows=store.n_frames), f"{reason}; {why}"
+                elif config.kind == "auto":
+                    config = replace(config, auto_choice="", auto_rows=0)
                 frames, videos, trained = _new_parts(store, config, progress, adder)
                 added = (store.n_frames, store.n_videos)
                 f_factory = factory_for(config, store.n_frames, d)
