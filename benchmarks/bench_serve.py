@@ -212,6 +212,30 @@ def text_overhead(server: Server, rounds: int) -> dict[str, float]:
             "overhead_ms": 1000 * statistics.median(over)}
 
 
+def in_process_batches(store: Path, q: np.ndarray, repeats: int) -> dict[str, Any]:
+    """``vstore.search`` alone, in this process on one FAISS thread (as the server runs it):
+    ms per query when distinct queries are searched one by one vs in batches of 8 and 32.
+    The evidence for (or against) batching concurrent queries into one FAISS search."""
+    import faiss
+
+    from vstore import Store
+    from vstore.search import search
+    faiss.omp_set_num_threads(1)
+    per = {1: [], 8: [], 32: []}
+    with Store.open(store) as s:
+        search(s, q[:8], 10)
+        m = (len(q) // 32) * 32
+        for r in range(repeats):
+            for b in list(per)[r % 3:] + list(per)[:r % 3]:
+                t = time.perf_counter()
+                for i in range(0, m, b):
+                    search(s, q[i:i + b], 10)
+                per[b].append(1000 * (time.perf_counter() - t) / m)
+    return {"ms_per_query": {b: statistics.median(v) for b, v in per.items()},
+            "batch8_vs_single": statistics.median(a / b for a, b in zip(per[8], per[1])),
+            "batch32_vs_single": statistics.median(a / b for a, b in zip(per[32], per[1])), "rounds": per}
+
+
 def bench_size(n: int, args) -> dict[str, Any]:
     store = make_store(n)
     gen = Clustered(512)
@@ -222,6 +246,10 @@ def bench_size(n: int, args) -> dict[str, Any]:
         out["index"] = json.load(f)["frame_part"]["factory"]
     out["cli_s"] = cli_seconds(store, q[0], 3 if not args.quick else 2)
     print(f"[{n}] index {out['index']}; `vstore search` per process: {out['cli_s']:.2f} s", flush=True)
+    out["in_process"] = in_process_batches(store, q, 3 if args.quick else 2 * args.repeats + 1)
+    ms = out["in_process"]["ms_per_query"]
+    print(f"[{n}] in-process search, ms per query: single {ms[1]:.3f}, batches of 8 {ms[8]:.3f}, of 32 {ms[32]:.3f}",
+          flush=True)
     servers = {m: Server(store, **cfg) for m, cfg in MODES.items()}
     try:
         for s in servers.values():  # warm: first queries page the index in
