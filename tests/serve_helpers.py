@@ -4,6 +4,8 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -47,3 +49,47 @@ def hit_keys(hits: list[dict]) -> list[tuple]:
 
 def same_hits(a: list[dict], b: list[dict]) -> bool:
     return hit_keys(a) == hit_keys(b) and np.allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-5)
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy (returned), failing with ``what``
+    after ``timeout`` seconds: a wait on a condition with a deadline of its own."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def concurrent_rounds(url: str, bodies: list[dict], rounds: int, timeout: float = 60) -> list[list[tuple[int, dict]]]:
+    """POST ``bodies[i]`` to /api/search from client thread i, ``rounds`` times; a barrier
+    releases each round's queries together, so they reach the server at the same moment.
+    Returns (status, JSON answer) per client per round."""
+    import httpx
+    barrier = threading.Barrier(len(bodies))
+    out: list[list[tuple[int, dict]]] = [[] for _ in bodies]
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        try:
+            with httpx.Client(base_url=url, timeout=timeout) as http:
+                http.get("/healthz")  # connect before the first round
+                for _ in range(rounds):
+                    barrier.wait(timeout)
+                    r = http.post("/api/search", json=bodies[i])
+                    out[i].append((r.status_code, r.json()))
+        except BaseException as e:  # noqa: BLE001 - reported below, with the others' barrier broken
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout * (rounds + 1))
+    assert not any(t.is_alive() for t in threads), f"a client is still running after {timeout * (rounds + 1):g} s"
+    assert not errors, repr(errors[0])
+    return out

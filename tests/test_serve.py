@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import build_clip_store, hit_keys, raw_get, same_hits
+from click.testing import CliRunner
+from serve_helpers import build_clip_store, concurrent_rounds, hit_keys, raw_get, same_hits, wait_for
 
 from cli.main import main
 from cli.serve.app import BackgroundServer
@@ -69,8 +70,10 @@ def test_info_is_vstore_info_plus_index_state(server, client, clip_store, runner
     info = client.get("/api/info").json()
     r = runner.invoke(main, ["info", str(clip_store), "--json"])
     cli = json.loads(r.output)
-    for key in ("videos", "frames", "dim", "label_names", "label_counts", "generation", "encoder_id"):
-        assert info[key] == cli[key]
+    # every key `vstore info --json` gives, with the same value; only the store's path is left out
+    assert {k: info.get(k) for k in cli if k != "path"} == {k: v for k, v in cli.items() if k != "path"}
+    assert set(info) - set(cli) == {"name", "index", "served_generation", "text_queries", "server"}
+    assert info["name"] == clip_store.name
     assert info["served_generation"] == 1 and info["index"]["state"] == "fresh"
     assert info["index"]["generation"] == 1 and info["text_queries"] is True
     assert "path" not in info  # the server does not tell clients where the store lives
@@ -266,7 +269,6 @@ def test_8_concurrent_clients_x_100_queries_equal_the_cli(server, clip_store, ru
                  ["--video", ids[1], "-k", "4", "--per-video", "--label", "red_circle"]),
                 ({"text": "a yellow cross", "k": 3}, ["--text", "a yellow cross", "-k", "3"])]
     expected = [cli_hits(runner, clip_store, *args) for _, args in queries]
-    batches_before = server.app.state.backend.batcher.batches
 
     def client_run(c: int) -> list[str]:
         bad = []
@@ -281,11 +283,50 @@ def test_8_concurrent_clients_x_100_queries_equal_the_cli(server, clip_store, ru
     with ThreadPoolExecutor(8) as pool:
         failures = [f for bad in pool.map(client_run, range(8)) for f in bad]
     assert not failures, failures[:5]
-    b = server.app.state.backend.batcher
-    assert b.queries >= 800 and b.batches - batches_before <= 800  # some queries shared a FAISS search
+
+
+@pytest.fixture(scope="module")
+def vector_queries(clip_store, tmp_path_factory):
+    """16 random query vectors as JSON bodies, and `vstore search --vector` 's hits for each."""
+    runner, tmp = CliRunner(), tmp_path_factory.mktemp("vectors")
+    with Store.open(clip_store) as s:
+        vecs = np.random.default_rng(7).normal(size=(16, s.dim)).astype(np.float32)
+    expected = []
+    for i, v in enumerate(vecs):
+        np.save(tmp / f"q{i}.npy", v)
+        expected.append(cli_hits(runner, clip_store, "--vector", str(tmp / f"q{i}.npy"), "-k", "5"))
+    assert len({tuple(hit_keys(e)) for e in expected}) >= 12  # a mixed-up answer would show
+    return [{"vector": v.tolist(), "k": 5} for v in vecs], expected
+
+
+@pytest.mark.parametrize("max_batch", [32, 1])
+def test_concurrent_vector_queries_share_faiss_searches_and_equal_the_cli(clip_store, vector_queries, max_batch):
+    """16 clients released together by a barrier, 6 rounds, one search thread: queries queued
+    while it searches go into its next (B, D) search, so there are fewer searches than queries
+    (each answer still the CLI's for its own vector); with max_batch=1, one search per query."""
+    bodies, expected = vector_queries
+    rounds = 6
+    cfg = ServeConfig(port=0, device="cpu", search_threads=1, max_batch=max_batch)
+    with BackgroundServer(clip_store, cfg) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        before = c.get("/api/info").json()["server"]
+        answers = concurrent_rounds(srv.url, bodies, rounds)
+        after = c.get("/api/info").json()["server"]
+    for i, per_round in enumerate(answers):
+        for status, res in per_round:
+            assert status == 200, res
+            assert same_hits(res["hits"], expected[i]), (i, hit_keys(res["hits"]), hit_keys(expected[i]))
+    queries, batches = after["queries"] - before["queries"], after["batches"] - before["batches"]
+    assert queries == len(bodies) * rounds and after["max_batch"] == max_batch
+    if max_batch == 1:
+        assert batches == queries
+    else:
+        assert batches < queries, f"{queries} concurrent queries took {batches} FAISS searches: none was shared"
 
 
 def test_a_build_committing_while_clients_query(class_videos, tiny_clip_path, tmp_path):
+    """Two builds commit (4 videos each) while 4 clients query: every answer is a 200 whose hits
+    all exist in the store at the generation it reports (5 distinct videos: never a half-written
+    state), and no client ever sees the generation go backwards."""
     from encoders.build import BuildConfig, build_store
     from encoders.registry import load_encoder
     from vstore.labels import load_labels
@@ -295,10 +336,13 @@ def test_a_build_committing_while_clients_query(class_videos, tiny_clip_path, tm
     for p in sorted(videos.glob("*.mp4"))[:8]:
         shutil.copy(p, first / p.name)
     store = build_clip_store(first, labels, tiny_clip_path, tmp_path / "store", frames=3)
+    with Store.open(store) as s:
+        ids_at = {s.generation: set(s.videos.ids)}  # generation -> its videos, after each build
+    first_gen = min(ids_at)
     later = [p for p in sorted(videos.glob("*.mp4"))[8:]]
     stop = threading.Event()
     failures: list[str] = []
-    counts = [0] * 4
+    seen: list[list[tuple[int, list[str]]]] = [[] for _ in range(4)]  # per client: (generation, hit video ids)
     with BackgroundServer(store, ServeConfig(port=0, device="cpu", poll_s=0.05)) as srv:
         def query(c: int) -> None:
             with httpx.Client(base_url=srv.url, timeout=60) as http:
@@ -306,23 +350,29 @@ def test_a_build_committing_while_clients_query(class_videos, tiny_clip_path, tm
                     r = http.post("/api/search", json={"text": "a red circle", "k": 5, "per_video": True})
                     if r.status_code != 200:
                         failures.append(f"{r.status_code} {r.text[:300]}")
-                    counts[c] += 1
+                    else:
+                        seen[c].append((r.json()["generation"], [h["video_id"] for h in r.json()["hits"]]))
         threads = [threading.Thread(target=query, args=(c,)) for c in range(4)]
         for t in threads:
             t.start()
         try:
-            new = tmp_path / "new"
-            new.mkdir()
-            for p in later:
-                shutil.copy(p, new / p.name)
-            build_store([new], store, load_encoder(f"clip:{tiny_clip_path}", device="cpu"),
-                        labels=load_labels(labels), config=BuildConfig(frames=3, workers=0), progress=False)
+            encoder = load_encoder(f"clip:{tiny_clip_path}", device="cpu")
+            for n, part in enumerate((later[:4], later[4:])):
+                new = tmp_path / f"new{n}"
+                new.mkdir()
+                for p in part:
+                    shutil.copy(p, new / p.name)
+                build_store([new], store, encoder, labels=load_labels(labels), config=BuildConfig(frames=3, workers=0),
+                            progress=False)
+                with Store.open(store) as s:
+                    gen = s.generation
+                    ids_at[gen] = set(s.videos.ids)
+                # every client answered from this build's generation before the next build starts
+                wait_for(lambda gen=gen: failures or all(a and a[-1][0] >= gen for a in seen), 60,
+                         f"every client to be answered from generation {gen}")
+                assert not failures, failures[:3]
             with httpx.Client(base_url=srv.url, timeout=60) as http:
                 newest = later[-1].stem
-                # wait (on the condition, not a clock) for the server to serve the new generation
-                while http.get("/api/info").json()["index"]["videos"] < 16:
-                    assert not failures, failures[:3]
-                    threading.Event().wait(0.05)
                 r = http.post("/api/search", json={"video": newest, "k": 1, "level": "video"})
                 assert r.status_code == 200 and r.json()["hits"][0]["video_id"] == newest
                 info = http.get("/api/info").json()
@@ -330,9 +380,22 @@ def test_a_build_committing_while_clients_query(class_videos, tiny_clip_path, tm
         finally:
             stop.set()
             for t in threads:
-                t.join()
+                t.join(60)
+    assert not any(t.is_alive() for t in threads), "a client still runs 60 s after the stop"
     assert not failures, failures[:3]
-    assert min(counts) > 0
+    generations = sorted(ids_at)
+    for c, answers in enumerate(seen):
+        assert answers, f"client {c} got no answer"
+        gens = [g for g, _ in answers]
+        assert gens == sorted(gens), f"client {c} saw the generation go backwards: {gens}"
+        assert gens[0] >= first_gen
+        for g, hits in answers:
+            at = next(ids_at[x] for x in generations if x >= g)  # the store at g holds at most these videos
+            assert len(hits) == 5 == len(set(hits)), (g, hits)
+            assert set(hits) <= at, f"generation {g} answered with {set(hits) - at}, added later"
+            if g == first_gen:
+                assert set(hits) <= ids_at[first_gen]
+    assert {g for s in seen for g, _ in s} >= set(ids_at)  # answered from the first and each build's generation
 
 
 def test_no_refresh_reports_a_stale_index_and_serves_the_last_indexed_generation(tmp_path):
@@ -345,13 +408,13 @@ def test_no_refresh_reports_a_stale_index_and_serves_the_last_indexed_generation
             httpx.Client(base_url=srv.url) as c:
         first = c.get("/api/info").json()["served_generation"]
         vector_store(store, n_videos=5, frames=5, first=20)  # a build commits; the index is now stale
-        while (info := c.get("/api/info").json())["index"]["state"] != "stale":
-            threading.Event().wait(0.05)
+        info = wait_for(lambda: (i := c.get("/api/info").json())["index"]["state"] == "stale" and i, 60,
+                        "the server to report the index stale after a build committed")
         assert info["served_generation"] == first and "vstore index" in info["index"]["problem"]
         assert_error(c.post("/api/search", json={"video": "v021", "k": 1}), 404, "v021")  # not served yet
         assert c.post("/api/search", json={"video": "v001", "k": 1}).status_code == 200
         build_index(store)  # `vstore index`: the server picks the new generation up
-        while (info := c.get("/api/info").json())["index"]["state"] != "fresh" or info["served_generation"] == first:
-            threading.Event().wait(0.05)
+        wait_for(lambda: (i := c.get("/api/info").json())["index"]["state"] == "fresh"
+                 and i["served_generation"] != first, 60, "the server to serve the newly indexed generation")
         r = c.post("/api/search", json={"video": "v021", "k": 1, "level": "video"}).json()
         assert r["hits"][0]["video_id"] == "v021" and r["generation"] > first
