@@ -117,6 +117,55 @@ def test_frame_vector_and_image_queries(client, clip_store, runner, tmp_path):
                                                  "--per-video"))
 
 
+def test_split_nprobe_and_ef_in_served_searches_equal_the_cli(tmp_path, runner):
+    """`vstore split` + an IVF index: vector queries with split and nprobe answer as `vstore search
+    --vector --split --nprobe` (nprobe reaches FAISS: 1 of 8 lists answers differently from all
+    8; a split this small is searched exactly, as by the CLI); then `vstore index --kind hnsw
+    --rebuild` under the running server, and ef likewise."""
+    from test_index import vector_store
+
+    from vstore.split import split_ids
+    store = vector_store(tmp_path / "s", n_videos=24, frames=5)
+    for args in (["split", str(store), "--test-size", "0.25"], ["index", str(store), "--kind", "ivf", "--nlist", "8"]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 0, r.output
+    splits = {name: set(split_ids(store, name)) for name in ("train", "test")}
+    assert len(splits["test"]) == 6 and len(splits["train"]) == 18
+    with Store.open(store) as s:
+        vecs = np.random.default_rng(3).normal(size=(6, s.dim)).astype(np.float32)
+    files = []
+    for i, v in enumerate(vecs):
+        np.save(tmp_path / f"q{i}.npy", v)
+        files.append(str(tmp_path / f"q{i}.npy"))
+
+    def check(c: httpx.Client, body: dict, args: list[str]) -> list[list[dict]]:
+        out = []
+        for v, f in zip(vecs, files):
+            r = c.post("/api/search", json={"vector": v.tolist(), **body})
+            assert r.status_code == 200, r.text
+            hits = r.json()["hits"]
+            assert hits and same_hits(hits, cli_hits(runner, store, "--vector", f, *args)), (body, hit_keys(hits))
+            if "split" in body:
+                assert {h["video_id"] for h in hits} <= splits[body["split"]]
+            out.append(hits)
+        return out
+
+    with BackgroundServer(store, ServeConfig(port=0, poll_s=0.05)) as srv, httpx.Client(base_url=srv.url) as c:
+        assert c.get("/api/info").json()["index"]["kind"] == "ivf"
+        one = check(c, {"k": 8, "nprobe": 1}, ["-k", "8", "--nprobe", "1"])
+        every = check(c, {"k": 8, "nprobe": 8}, ["-k", "8", "--nprobe", "8"])
+        assert any(hit_keys(a) != hit_keys(b) for a, b in zip(one, every))  # nprobe reached the index
+        check(c, {"k": 8, "split": "train", "nprobe": 1}, ["-k", "8", "--split", "train", "--nprobe", "1"])
+        check(c, {"k": 4, "split": "test", "per_video": True, "nprobe": 2},
+              ["-k", "4", "--split", "test", "--per-video", "--nprobe", "2"])
+        r = runner.invoke(main, ["index", str(store), "--kind", "hnsw", "--rebuild"])
+        assert r.exit_code == 0, r.output
+        wait_for(lambda: c.get("/api/info").json()["index"]["kind"] == "hnsw", 60, "the server to load the HNSW index")
+        check(c, {"k": 5, "ef": 4}, ["-k", "5", "--ef", "4"])
+        check(c, {"k": 5, "split": "test", "ef": 4}, ["-k", "5", "--split", "test", "--ef", "4"])
+        check(c, {"k": 10, "ef": 64, "level": "video"}, ["-k", "10", "--ef", "64", "--level", "video"])
+
+
 def test_video_route_thumbnails_and_range_requests(client, clip_store):
     from PIL import Image
     with Store.open(clip_store) as s:
@@ -196,6 +245,8 @@ def test_every_bad_request_is_a_4xx_with_a_message(client):
     assert_error(client.post("/api/search", json={"text": "a", "k": 1001}), 400, "k must be in 1..1000")
     assert_error(client.post("/api/search", json={"text": "a", "k": "ten"}), 400, "k must be an integer")
     assert_error(client.post("/api/search", json={"text": "   "}), 400, "non-empty")
+    assert_error(client.post("/api/search", json={"text": "a" * 10_001}), 400, "longer than 10,000 characters")
+    assert client.post("/api/search", json={"text": "a" * 10_000, "k": 1}).status_code == 200  # the limit itself
     assert_error(client.post("/api/search", json={"text": "a", "colour": 1}), 400, "unknown field(s) colour")
     assert_error(client.post("/api/search", json={"text": "a", "level": "scene"}), 400, "level must be")
     assert_error(client.post("/api/search", json={"text": "a", "labels": ["nolabel"]}), 400, "unknown label(s) nolabel")
@@ -215,6 +266,16 @@ def test_every_bad_request_is_a_4xx_with_a_message(client):
     assert_error(client.post("/api/search", files={"image": ("x.png", b"", "image/png")}), 400, "empty")
     assert_error(client.post("/api/search", content=b"text=a", headers={"content-type": "text/plain"}), 415)
     assert_error(post(json.dumps({"vector": [0.5] * 300_000}).encode()), 413, "larger than")
+
+    def chunked(pieces: int):  # a JSON body sent chunked: no Content-Length to refuse it by
+        yield b'{"text": "a plate of pasta"'
+        for _ in range(pieces):
+            yield b" " * 65_536
+        yield b"}"
+    r = client.post("/api/search", content=chunked(20), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+    assert_error(r, 413, "larger than 1,048,576 bytes")
+    assert client.post("/api/search", content=chunked(2), headers={"content-type": "application/json"}).status_code == 200
     big = client.post("/api/search", files={"image": ("x.png", b"\0" * (17 << 20), "image/png")})
     assert_error(big, 413, "larger than")
     assert_error(client.get("/api/search"), 405)
@@ -235,8 +296,12 @@ def test_path_traversal_attempts_never_reach_the_filesystem(server):
 def test_token_required_and_refused(clip_store):
     token = "s3cret-token-123"
     cfg = ServeConfig(port=0, device="cpu", token=token)
+    with Store.open(clip_store) as s:
+        frame = int(s.get_frames("green_square-01")[0][0])
     with BackgroundServer(clip_store, cfg) as srv, httpx.Client(base_url=srv.url) as c:
-        for route in ("/healthz", "/api/info", "/", "/docs", "/openapi.json", "/api/videos/green_square-01"):
+        for route in ("/healthz", "/api/info", "/", "/docs", "/openapi.json", "/api/videos/green_square-01",
+                      "/static/app.js", f"/api/videos/green_square-01/frames/{frame}.jpg",
+                      "/api/videos/green_square-01/file"):
             assert_error(c.get(route), 401, "Authorization: Bearer")
             assert_error(c.get(route, headers={"Authorization": "Bearer wrong-token-123"}), 401)
             assert c.get(route, headers={"Authorization": f"Bearer {token}"}).status_code == 200, route
@@ -259,6 +324,47 @@ def test_text_query_on_a_thumbnail_store_is_a_400(store_copy):
         assert_error(c.post("/api/search", json={"text": "a cat"}), 400, "no text encoder")
         assert c.get("/api/info").json()["text_queries"] is False
         assert c.post("/api/search", json={"video": "red_circle-00", "k": 2}).status_code == 200
+
+
+def test_upload_pixel_limit(clip_store):
+    """max_image_pixels refuses a larger image before embedding it (400 naming the limit); an
+    image of exactly that many pixels is searched."""
+    from PIL import Image
+
+    def png(w: int, h: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
+        return buf.getvalue()
+    with BackgroundServer(clip_store, ServeConfig(port=0, device="cpu", max_image_pixels=1_000)) as srv, \
+            httpx.Client(base_url=srv.url) as c:
+        big = c.post("/api/search", files={"image": ("big.png", png(40, 26), "image/png")})
+        assert_error(big, 400, "40x26", "at most 1,000 pixels")
+        ok = c.post("/api/search", files={"image": ("ok.png", png(40, 25), "image/png")}, data={"k": "3"})
+        assert ok.status_code == 200 and len(ok.json()["hits"]) == 3, ok.text
+
+
+def test_encoder_that_cannot_be_loaded_is_a_503_for_text_and_images_only(class_videos, tiny_clip_path, tmp_path):
+    """A store whose recorded CLIP checkpoint was moved away: the server starts, text and image
+    queries are 503 saying why, vector and stored-video queries still answer."""
+    videos, labels = class_videos
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(videos.glob("*.mp4"))[:4]:
+        shutil.copy(p, few / p.name)
+    checkpoint = tmp_path / "clip.pt"
+    shutil.copy(tiny_clip_path, checkpoint)
+    store = build_clip_store(few, labels, checkpoint, tmp_path / "store", frames=2)
+    checkpoint.rename(tmp_path / "moved.pt")
+    with Store.open(store) as s:
+        vid, vec = s.videos.ids[0], s.get_embeddings(s.videos.ids[0], dtype=np.float32)[0]
+        frame = int(s.get_frames(vid)[0][0])
+    with BackgroundServer(store, ServeConfig(port=0, device="cpu")) as srv, httpx.Client(base_url=srv.url) as c:
+        assert_error(c.post("/api/search", json={"text": "a red circle"}), 503, "cannot be loaded", "clip.pt")
+        jpeg = c.get(f"/api/videos/{vid}/frames/{frame}.jpg").content
+        assert_error(c.post("/api/search", files={"image": ("q.jpg", jpeg, "image/jpeg")}), 503, "cannot be loaded")
+        r = c.post("/api/search", json={"vector": vec.tolist(), "k": 2})
+        assert r.status_code == 200 and r.json()["hits"][0]["video_id"] == vid, r.text
+        assert c.post("/api/search", json={"video": vid, "k": 2}).status_code == 200
 
 
 def test_8_concurrent_clients_x_100_queries_equal_the_cli(server, clip_store, runner, tmp_path):
