@@ -1,6 +1,7 @@
 """vstore's modules depend on each other one way: no import cycle (function-level imports
 count), no private name imported across modules, no lazy module ``__getattr__``, and each
-module imports on its own in a fresh interpreter, whichever comes first."""
+module imports on its own in a fresh interpreter, whichever comes first. The packages too:
+cli -> classifiers -> encoders -> vstore, and vstore imports no web framework."""
 from __future__ import annotations
 
 import ast
@@ -126,3 +127,70 @@ def test_each_module_imports_first_in_a_fresh_interpreter():
     r = subprocess.run([sys.executable, "-c", _FORK_EACH, *MODULES], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
+# -- the packages: cli -> classifiers -> encoders -> vstore ------------------------------------------
+PACKAGES = ("vstore", "encoders", "classifiers", "cli")
+# what each package must not import, at any depth (function-level and TYPE_CHECKING imports count)
+FORBIDDEN = {
+    "vstore": {"encoders", "classifiers", "cli", "fastapi", "uvicorn", "starlette"},
+    "encoders": {"classifiers", "cli"},
+    "classifiers": {"cli"},
+}
+
+
+def imported_packages(source: str, module: str) -> list[tuple[str, int]]:
+    """(top-level package, line) of every import in ``source``, the code of dotted ``module``
+    (``pkg.sub.mod``, ``pkg.sub.__init__``), at any depth: plain and relative imports
+    resolved to absolute names, and ``importlib.import_module`` / ``__import__`` of a constant."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(a.name.split(".")[0], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")[:len(module.split(".")) - node.level]
+                name = ".".join(base + ([node.module] if node.module else []))
+                out.append(((name or "<beyond the top package>").split(".")[0], node.lineno))
+            elif node.module:
+                out.append((node.module.split(".")[0], node.lineno))
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and ((isinstance(node.func, ast.Name) and node.func.id in ("__import__", "import_module"))
+                   or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"))):
+            out.append((node.args[0].value.split(".")[0], node.lineno))
+    return out
+
+
+def _package_modules(package: str) -> list[tuple[Path, str]]:
+    """(file, dotted module name) of every module of ``package``, subpackages included."""
+    out = []
+    for p in sorted((REPO / package).rglob("*.py")):
+        parts = list(p.relative_to(REPO).with_suffix("").parts)
+        out.append((p, ".".join(parts)))
+    return out
+
+
+def test_import_finder_sees_every_kind_of_import():
+    src = ("import cli.main\nfrom fastapi import FastAPI\nfrom ..encoders import x\nfrom . import y\n"
+           "def f():\n    import uvicorn\n    importlib.import_module('starlette.routing')\n"
+           "    __import__('classifiers')\n")
+    assert sorted(p for p, _ in imported_packages(src, "vstore.sub.mod")) == \
+        ["classifiers", "cli", "fastapi", "starlette", "uvicorn", "vstore", "vstore"]
+    assert [p for p, _ in imported_packages("from ..cli import serve\n", "vstore.mod")] == ["cli"]
+    assert [p for p, _ in imported_packages("from .x import y\n", "vstore.__init__")] == ["vstore"]
+
+
+def test_packages_import_one_way_and_vstore_no_web_framework():
+    """vstore imports none of encoders, classifiers, cli (nor FastAPI, uvicorn, Starlette: the
+    server is cli/serve/); encoders imports neither classifiers nor cli; classifiers not cli;
+    so nothing but cli imports cli."""
+    bad = []
+    for package, forbidden in FORBIDDEN.items():
+        modules = _package_modules(package)
+        assert len(modules) > 3, f"no modules found under {package}/"
+        for path, module in modules:
+            for imported, line in imported_packages(path.read_text(encoding="utf-8"), module):
+                if imported in forbidden:
+                    bad.append(f"{path.relative_to(REPO)}:{line} imports {imported}")
+    assert not bad, bad
