@@ -268,16 +268,20 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
             results = local_results(tasks, encoder, config, batch)
         bar = tqdm(total=len(tasks), unit="video", disable=not progress, dynamic_ncols=True, desc="build")
 
+        def advance() -> None:
+            """One more video done (built or failed): the bar's count, rates and failures."""
+            elapsed = max(time.monotonic() - t0, 1e-9)
+            bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", videos_s=f"{summary.built / elapsed:.2f}",
+                            failed=summary.failed, refresh=False)
+            bar.update(1)
+
         def done(p: EmbeddedVideo) -> None:
             entry = _entry(p, labels)
             writer.add(entry)
             summary.built += 1
             summary.unlabeled += entry.label is None
             summary.frames += len(p.video.indices)
-            elapsed = max(time.monotonic() - t0, 1e-9)
-            bar.set_postfix(frames_s=f"{summary.frames / elapsed:.1f}", videos_s=f"{summary.built / elapsed:.2f}",
-                            failed=summary.failed, refresh=False)
-            bar.update(1)
+            advance()
 
         attempted = {f.id for f in clashes}
         try:
@@ -289,7 +293,7 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
                         log.warning("failed %s: %s", task.path, result.reason)
                         failures.add(f)
                         summary.failures.append(f)
-                        bar.update(1)
+                        advance()  # failed= counts it now, not at the next built video
                         continue
                     done(result)
         finally:
