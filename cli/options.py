@@ -77,10 +77,13 @@ def store_option(f: Callable) -> Callable:
 def encoder_options(f: Callable) -> Callable:
     """--encoder / --device / --batch-size."""
     f = click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=DefaultsInHelp,
-                     help="Frames per encoder forward pass [default: {clip} for CLIP, {thumbnail} for thumbnail].",
+                     help="Frames per encoder forward pass [default: {clip} for CLIP, {thumbnail} for thumbnail; "
+                          "{ray_gpu} on the GPU encoder actors of --engine ray].",
                      help_defaults={"clip": ConfigDefault("encoders.clip_encoder:ClipConfig", "batch_size"),
                                     "thumbnail": ConfigDefault("encoders.thumbnail:ThumbnailConfig",
-                                                               "batch_size")})(f)
+                                                               "batch_size"),
+                                    "ray_gpu": ConfigDefault("encoders.build.ray_engine:RayConfig",
+                                                             "gpu_batch_size")})(f)
     f = click.option("--device", type=str, default=ConfigDefault("encoders.clip_encoder:ClipConfig", "device"),
                      show_default=True, help="auto (CUDA when present, fp16 there), cpu, cuda or cuda:N.")(f)
     f = click.option("--encoder", "encoder_spec", default=DEFAULT_ENCODER, show_default=True, metavar="SPEC",

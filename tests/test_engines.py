@@ -69,3 +69,19 @@ def test_ray_encoder_calls_hold_whole_batches():
     assert RayConfig().videos_per_batch == 0 and RayConfig(videos_per_batch=5).videos_per_batch == 5
     with pytest.raises(ValueError, match="videos_per_batch"):
         RayConfig(videos_per_batch=-1)
+
+
+def test_ray_gpu_actors_get_large_batches_unless_told():
+    """Without --batch-size, GPU encoder actors run batches of RayConfig.gpu_batch_size (256:
+    a GPU is far from busy at 64), CPU actors the encoder's own default; a given batch size
+    always wins (the same batch size as a local build gives bit-identical vectors)."""
+    from encoders.build.ray_engine import RayConfig, actor_batch_size
+    gpu = RayConfig().gpu_batch_size
+    assert gpu == 256
+    assert actor_batch_size(None, "cuda", 64, gpu) == 256
+    assert actor_batch_size(None, "cpu", 64, gpu) == 64
+    assert actor_batch_size(32, "cuda", 64, gpu) == 32 and actor_batch_size(512, "cpu", 64, gpu) == 512
+    assert actor_batch_size(None, "cuda", 64, 0) == 64  # 0: the encoder's default on GPUs too
+    with pytest.raises(ValueError, match="gpu_batch_size"):
+        RayConfig(gpu_batch_size=-1)
+

@@ -260,12 +260,12 @@ def build_store(inputs: Sequence[str | Path], store_path: str | Path, encoder: "
         log.info("%d videos found, %d already in %s, %d to build", len(videos), summary.skipped, store_path, len(todo))
         tasks = [DecodeTask(vid, str(path), config.frames, config.sampling, encoder.input_size, config.decode_threads)
                  for vid, path in todo]
-        batch = batch_size or encoder.batch_size
         if engine == "ray":
             from .ray_engine import ray_results
-            results = ray_results(tasks, encoder, config, ray_config, batch)
+            # batch_size None: the actors' device decides (large batches on GPU actors)
+            results = ray_results(tasks, encoder, config, ray_config, batch_size)
         else:
-            results = local_results(tasks, encoder, config, batch)
+            results = local_results(tasks, encoder, config, batch_size or encoder.batch_size)
         bar = tqdm(total=len(tasks), unit="video", disable=not progress, dynamic_ncols=True, desc="build")
 
         def advance() -> None:

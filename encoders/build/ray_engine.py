@@ -16,6 +16,10 @@ decode worker that dies (killed, segfault) is retried ``task_retries`` times by 
 video is reported failed and the rest of the build goes on; a dead encoder actor is restarted
 by Ray Data and its batch retried. Ray Data runs the pipeline in waves of ``wave_videos``
 videos, which bounds what the driver and the object store hold.
+
+Batch size: --batch-size when given (the same batch size as a local build gives bit-identical
+vectors); otherwise ``gpu_batch_size`` (256) for GPU actors, which need large batches to be
+busy, and the encoder's own default (64 for CLIP) for CPU actors.
 """
 from __future__ import annotations
 
@@ -57,13 +61,17 @@ class RayConfig:
     # (16 x 33 frames in batches of 64 computed 9% padding; 31 x 33 computes 0.1%). The batch
     # size itself is --batch-size, as locally: the same batch size gives bit-identical vectors.
     videos_per_batch: int = 0
+    # Frames per forward pass of a GPU actor when no batch size is given (--batch-size): GPUs
+    # need large batches (ViT-B/32 fp16 on an H100 is far from busy at 64). CPU actors keep the
+    # encoder's default. 0 = the encoder's default on GPUs too.
+    gpu_batch_size: int = 256
     wave_videos: int = 2048  # videos per Ray Data pipeline run (bounds driver and object store memory)
     task_retries: int = 2  # a decode whose worker dies is retried this often before the video fails
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be auto, cuda or cpu, got {self.device!r}")
-        for name in ("encoders", "task_retries"):
+        for name in ("encoders", "task_retries", "gpu_batch_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.videos_per_batch < 0:
@@ -83,6 +91,17 @@ def videos_per_call(images_per_video: int, batch_size: int, lo: int = 8, hi: int
     requested frames (the common case); others pad as much as any fixed count would."""
     assert images_per_video >= 1 and batch_size >= 1 and 1 <= lo <= hi
     return min(range(lo, hi + 1), key=lambda v: ((-v * images_per_video) % batch_size / (v * images_per_video), v))
+
+
+def actor_batch_size(requested: Optional[int], device: str, encoder_default: int, gpu_default: int) -> int:
+    """Frames per forward pass of the encoder actors: the batch size asked for (--batch-size)
+    when given; else ``gpu_default`` on GPU actors (``device`` cuda) unless it is 0, and the
+    encoder's default on CPU actors."""
+    if requested:
+        return requested
+    if device == "cuda" and gpu_default:
+        return gpu_default
+    return encoder_default
 
 
 # -- the decode stage (Ray tasks) -------------------------------------------------------------
@@ -178,9 +197,11 @@ def _encoder_pool(ray, config: RayConfig) -> tuple[str, int, dict[str, Any]]:
 
 
 def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: "BuildConfig",
-                ray_config: Optional[RayConfig], batch_size: int) -> Iterator[tuple["DecodeTask", Any]]:
+                ray_config: Optional[RayConfig], batch_size: Optional[int]) -> Iterator[tuple["DecodeTask", Any]]:
     """The Ray engine, with the contract of ``pipeline.local_results``: yields ``(task,
-    EmbeddedVideo)`` for each embedded video and ``(task, TaskFailure)`` for each failed one."""
+    EmbeddedVideo)`` for each embedded video and ``(task, TaskFailure)`` for each failed one.
+    ``batch_size``: the actors' frames per forward pass; None = by their device
+    (``actor_batch_size``)."""
     from .pipeline import EmbeddedVideo
     rc = ray_config or RayConfig()
     if not tasks:
@@ -193,14 +214,15 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
     saved: dict[str, Any] = {}
     try:
         device, n_actors, resources = _encoder_pool(ray, rc)
+        batch_size = actor_batch_size(batch_size, device, encoder.batch_size, rc.gpu_batch_size)
         threads = max(1, math.floor(rc.encoder_cpus))
         per_call = rc.videos_per_batch or videos_per_call(config.frames + 1, batch_size)  # + the key frame
         ctx = ray.data.DataContext.get_current()
         saved.update({k: getattr(ctx, k) for k in ("enable_progress_bars", "max_errored_blocks")})
         ctx.enable_progress_bars = False  # the driver's own bar says what matters
         ctx.max_errored_blocks = -1  # a decode task that died after its retries drops only its video
-        log.info("Ray build: %d videos, %d %s encoder actor(s) (%d videos a call), %g cluster CPUs", len(tasks),
-                 n_actors, device, per_call, ray.cluster_resources().get("CPU", 0))
+        log.info("Ray build: %d videos, %d %s encoder actor(s) (batches of %d, %d videos a call), %g cluster CPUs",
+                 len(tasks), n_actors, device, batch_size, per_call, ray.cluster_resources().get("CPU", 0))
         for w in range(0, len(tasks), rc.wave_videos):
             wave = {t.video_id: t for t in tasks[w:w + rc.wave_videos]}
             ds = ray.data.from_items([asdict(t) for t in wave.values()], override_num_blocks=len(wave))
