@@ -52,9 +52,12 @@ failed (listed in STORE/{FAILURES_NAME}), 1 on an error that stopped the build.
 @engine_options
 @click.option("--ray-encoders", type=click.IntRange(min=0), default=default_of(RayConfig, "encoders"), show_default=True,
               help="With --engine ray: encoder actors (0 = one per GPU of the cluster, or 1 CPU actor).")
+@click.option("--ray-cpus", type=click.IntRange(min=1), default=default_of(RayConfig, "num_cpus"),
+              help="With --engine ray and no --address: CPUs of the private Ray started here "
+                   "[default: all the cores].")
 @pass_quiet
 def build_cmd(inputs, store, labels, frames, sampling, encoder_spec, device, batch_size, workers, video_timeout,
-              dtype, segment_videos, no_compact, engine, address, ray_encoders, quiet):
+              dtype, segment_videos, no_compact, engine, address, ray_encoders, ray_cpus, quiet):
     """Sample frames of videos, embed them and add them to a store.
 
     INPUTS are video files or directories (searched recursively); a video's id is its file
@@ -67,9 +70,11 @@ def build_cmd(inputs, store, labels, frames, sampling, encoder_spec, device, bat
                          compact=not no_compact)
     from encoders.registry import load_encoder
     ray_config = None
+    if ray_cpus is not None and (engine != "ray" or address):
+        raise click.UsageError("--ray-cpus sizes the private Ray of --engine ray without --address")
     if engine == "ray":  # the workers encode; here the encoder only names itself and its input size
-        ray_config = RayConfig(address=address, device="auto" if device == "auto" else device.split(":")[0],
-                               encoders=ray_encoders)
+        ray_config = RayConfig(address=address, num_cpus=ray_cpus, encoders=ray_encoders,
+                               device="auto" if device == "auto" else device.split(":")[0])
         device = "cpu"
     encoder = load_encoder(encoder_spec, device=device, batch_size=batch_size)
     summary = build_store(inputs, store, encoder, labels=label_map, config=config,

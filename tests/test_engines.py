@@ -85,3 +85,14 @@ def test_ray_gpu_actors_get_large_batches_unless_told():
     with pytest.raises(ValueError, match="gpu_batch_size"):
         RayConfig(gpu_batch_size=-1)
 
+
+def test_build_help_and_ray_cpus(runner, class_videos, tmp_path):
+    """`vstore build --help` says what a build without --batch-size gets on Ray GPU actors;
+    --ray-cpus sizes only a private Ray (refused with --address or the local engine)."""
+    from cli.main import main
+    r = runner.invoke(main, ["build", "--help"])
+    assert r.exit_code == 0 and "256 on the GPU encoder actors of --engine ray" in " ".join(r.output.split())
+    for extra in (["--ray-cpus", "2"], ["--ray-cpus", "2", "--engine", "ray", "--address", "auto"]):
+        r = runner.invoke(main, ["build", str(class_videos[0]), "--store", str(tmp_path / "s"), *extra])
+        assert r.exit_code == 2 and "--ray-cpus sizes the private Ray" in r.output, r.output
+    assert not (tmp_path / "s").exists()
