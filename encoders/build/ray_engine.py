@@ -23,6 +23,7 @@ busy, and the encoder's own default (64 for CLIP) for CPU actors.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -104,6 +105,15 @@ def actor_batch_size(requested: Optional[int], device: str, encoder_default: int
     return encoder_default
 
 
+def _node_id() -> str:
+    """The Ray node this worker runs on ("" outside Ray)."""
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id() or ""
+    except Exception:  # not in a Ray worker
+        return ""
+
+
 # -- the decode stage (Ray tasks) -------------------------------------------------------------
 class _Timeout(Exception):
     pass
@@ -120,7 +130,7 @@ def decode_row(row: dict[str, Any], timeout: float) -> dict[str, Any]:
     a decoder stuck inside one C call is not interrupted (the local engine kills the process)."""
     from .pipeline import DecodeTask, decode_task
     task = DecodeTask(**{k: row[k] for k in DecodeTask.__dataclass_fields__})
-    out = {"video_id": task.video_id, "error": "", "payload": b""}
+    out = {"video_id": task.video_id, "error": "", "payload": b"", "node": _node_id()}
     armed = False
     try:
         signal.signal(signal.SIGALRM, _alarm)
@@ -155,17 +165,21 @@ class EncoderActor:
             raise RayEngineError(f"{spec} loads different weights on worker {os.uname().nodename} "
                                  f"({self.encoder.identity.get('id')} vs {expected_id} on the driver)")
         self.batch_size = batch_size
+        self.node = _node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from .pipeline import DecodeTask, FrameBatcher
-        out: dict[str, list] = {"video_id": [], "error": [], "payload": []}
+        out: dict[str, list] = {"video_id": [], "error": [], "payload": [], "node": [], "encoder_node": []}
         batcher = FrameBatcher(self.encoder, self.batch_size)
         done = []
+        decoded_on = dict(zip(batch["video_id"], batch["node"]))
         for vid, error, payload in zip(batch["video_id"], batch["error"], batch["payload"]):
             if error:
                 out["video_id"].append(vid)
                 out["error"].append(error)
                 out["payload"].append(b"")
+                out["node"].append(decoded_on[vid])
+                out["encoder_node"].append("")
                 continue
             video = pickle.loads(payload)
             done.extend(batcher.add(DecodeTask(vid, "", 0, "", 0, 0), video))
@@ -173,6 +187,8 @@ class EncoderActor:
         for p in done:
             out["video_id"].append(p.task.video_id)
             out["error"].append("")
+            out["node"].append(decoded_on[p.task.video_id])
+            out["encoder_node"].append(self.node)
             # The frames stay here; the driver needs the metadata, thumbnail and vectors.
             out["payload"].append(pickle.dumps((replace(p.video, images=p.video.images[:0]), p.embeddings),
                                                protocol=5))
@@ -201,7 +217,10 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
     """The Ray engine, with the contract of ``pipeline.local_results``: yields ``(task,
     EmbeddedVideo)`` for each embedded video and ``(task, TaskFailure)`` for each failed one.
     ``batch_size``: the actors' frames per forward pass; None = by their device
-    (``actor_batch_size``)."""
+    (``actor_batch_size``).
+
+    When the pipeline has run, logs (INFO) how many videos each Ray node decoded and embedded,
+    also as the record's ``decoded_on`` / ``encoded_on`` ({node id: videos})."""
     from .pipeline import EmbeddedVideo
     rc = ray_config or RayConfig()
     if not tasks:
@@ -223,6 +242,8 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
         ctx.max_errored_blocks = -1  # a decode task that died after its retries drops only its video
         log.info("Ray build: %d videos, %d %s encoder actor(s) (batches of %d, %d videos a call), %g cluster CPUs",
                  len(tasks), n_actors, device, batch_size, per_call, ray.cluster_resources().get("CPU", 0))
+        decoded_on: collections.Counter = collections.Counter()  # node id -> videos decoded there
+        encoded_on: collections.Counter = collections.Counter()  # node id -> videos embedded there
         for w in range(0, len(tasks), rc.wave_videos):
             wave = {t.video_id: t for t in tasks[w:w + rc.wave_videos]}
             ds = ray.data.from_items([asdict(t) for t in wave.values()], override_num_blocks=len(wave))
@@ -242,9 +263,11 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
                     vid = str(row["video_id"])
                     task = wave[vid]
                     seen.add(vid)
+                    decoded_on[str(row["node"])] += 1
                     if row["error"]:
                         yield task, TaskFailure(str(row["error"]))
                         continue
+                    encoded_on[str(row["encoder_node"])] += 1
                     video, emb = pickle.loads(row["payload"])
                     yield task, EmbeddedVideo(task, video, video.images, emb, filled=len(emb))
             except (ray.exceptions.RayError, RayEngineError) as e:
@@ -253,6 +276,9 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
                 if vid not in seen:  # its task died more often than Ray retries it
                     yield task, TaskFailure(f"Ray worker died decoding it ({rc.task_retries + 1} attempts; "
                                             "killed, out of memory or a decoder crash: see the Ray logs)")
+        log.info("Ray build: videos decoded per node %s; embedded per node %s",
+                 {k[:8]: v for k, v in decoded_on.items()}, {k[:8]: v for k, v in encoded_on.items()},
+                 extra={"decoded_on": dict(decoded_on), "encoded_on": dict(encoded_on)})
     finally:
         for k, v in saved.items():
             setattr(ray.data.DataContext.get_current(), k, v)
