@@ -5,6 +5,7 @@ namespaces)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,9 +33,15 @@ def test_ray_engines_on_loopback():
     env = dict(os.environ, VSTORE_RAY_NETNS="1", PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     env.pop("RAY_ADDRESS", None)
-    inner = (f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider -o python_files=netns_*.py"
-             " -o timeout=400 tests/netns_ray.py")
+    inner = (f"ip link set lo up && exec {sys.executable} -m pytest -q -rs -p no:cacheprovider"
+             " -o python_files=netns_*.py -o timeout=400 tests/netns_ray.py")
     r = subprocess.run(["unshare", "-n", "sh", "-c", inner], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=1400)
     print(r.stdout[-6000:], r.stderr[-3000:])
     assert r.returncode == 0, f"Ray tests failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    # Every inner test ran and passed: a skip (no Ray Data, a fixture that could not start)
+    # would also exit 0.
+    expected = len(re.findall(r"^def test_", (REPO / "tests" / "netns_ray.py").read_text(), re.M))
+    summary = [line for line in r.stdout.splitlines() if re.search(r"\d+ (passed|failed|skipped|errors?)\b", line)][-1]
+    counts = {what: int(n) for n, what in re.findall(r"(\d+) (\w+)", summary)}
+    assert counts.get("passed") == expected and set(counts) <= {"passed", "warnings", "warning"}, summary
