@@ -64,7 +64,8 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
-def concurrent_rounds(url: str, bodies: list[dict], rounds: int, timeout: float = 60) -> list[list[tuple[int, dict]]]:
+def concurrent_rounds(url: str, bodies: list[dict], rounds: int, timeout: float = 60,
+                      headers: dict | None = None) -> list[list[tuple[int, dict]]]:
     """POST ``bodies[i]`` to /api/search from client thread i, ``rounds`` times; a barrier
     releases each round's queries together, so they reach the server at the same moment.
     Returns (status, JSON answer) per client per round."""
@@ -75,7 +76,7 @@ def concurrent_rounds(url: str, bodies: list[dict], rounds: int, timeout: float 
 
     def client(i: int) -> None:
         try:
-            with httpx.Client(base_url=url, timeout=timeout) as http:
+            with httpx.Client(base_url=url, timeout=timeout, headers=headers) as http:
                 http.get("/healthz")  # connect before the first round
                 for _ in range(rounds):
                     barrier.wait(timeout)
