@@ -1,12 +1,15 @@
 """The page in a real headless browser (Debian's chromium + chromedriver, through selenium):
 type a text query, wait for the result cards and their thumbnails, click one, and check the
-video plays from the hit's timestamp. Saves a screenshot (VSTORE_SCREENSHOT=path to keep it)."""
+video plays from the hit's timestamp; "more like this", one hit per video, a label filter and
+"Download JSON" on the results. Saves a screenshot (VSTORE_SCREENSHOT=path to keep it)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 from serve_helpers import build_clip_store
 
@@ -84,12 +87,49 @@ def test_text_query_thumbnails_and_playback_from_the_hit(browser, clip_store, tm
             "return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0);"))
         if os.environ.get("VSTORE_SCREENSHOT"):
             browser.save_screenshot(str(shot.with_name(shot.stem + "-video.png")))
-        # "more like this" from the search view queries by that frame
+        # "more like this" from the search view queries by that frame: a frame is its own nearest neighbour
         browser.back()
         wait.until(lambda d: not d.find_element(By.ID, "search-view").get_attribute("hidden"))
+        vid, frame, _ = shown(browser)[0]
         browser.find_elements(By.CSS_SELECTOR, "#results .card .more")[0].click()
-        wait.until(lambda d: "frame" in d.find_element(By.ID, "status").text)
+        wait.until(lambda d: f"12 hit(s) for video {vid} frame {frame}" in d.find_element(By.ID, "status").text)
+        hits = shown(browser)
+        assert len(hits) == 12 and hits[0][:2] == [vid, frame], hits
+        assert len({h[0] for h in hits}) < 12, hits  # several frames of a video: what "one hit per video" removes
+        # the per-video toggle searches again: 12 distinct videos, the clicked frame still first
+        browser.find_element(By.ID, "per-video").click()
+        wait.until(lambda d: len(hits := shown(d)) == 12 == len({h[0] for h in hits}))
+        assert shown(browser)[0][:2] == [vid, frame]
+        # a label filter: only that label's videos (4 of the 16), one hit each
+        box = browser.find_elements(By.CSS_SELECTOR, ".label-filter")[1]
+        label = box.get_attribute("value")
+        box.click()
+        wait.until(lambda d: len(hits := shown(d)) == 4 and {h[2] for h in hits} == {label})
+        hits = shown(browser)
+        assert len({h[0] for h in hits}) == 4
+        # "Download JSON": the blob the page saves is the last answer (the download itself is caught)
+        browser.execute_script(
+            "const create = URL.createObjectURL.bind(URL);"
+            "URL.createObjectURL = (blob) => { window.__blob = blob; return create(blob); };"
+            "HTMLAnchorElement.prototype.click = function () { window.__saved = [this.href, this.download]; };")
+        browser.find_element(By.ID, "download").click()
+        href, name, text = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "window.__blob.text().then((t) => done([...window.__saved, t]));")
+        assert href.startswith("blob:") and name == "vstore-hits.json"
+        saved = json.loads(text)
+        assert [[h["video_id"], str(h["frame_index"]), h["label"]] for h in saved["hits"]] == hits
+        want = httpx.post(srv.url + "/api/search", json={"video": vid, "frame": int(frame), "k": 12, "per_video": True,
+                                                         "level": "frame", "labels": [label]}).json()
+        assert saved["hits"] == want["hits"] and saved["query"] == want["query"] == f"video {vid} frame {frame}"
         assert shutil.which("chromium") or Path(CHROMIUM).is_file()
+
+
+def shown(driver) -> list[list]:
+    """[video id, frame, label] of each result card, read in one script (no stale elements)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#results .card')].map((c) => "
+        "[c.dataset.video, c.dataset.frame, (c.querySelector('.label') || {}).textContent || null]);")
 
 
 def test_map_draws_every_video_and_hover_shows_its_thumbnail(browser, clip_store, tmp_path):
