@@ -18,18 +18,30 @@ Ray must only talk on loopback here, so run it in a network namespace with only 
     unshare -n sh -c 'ip link set lo up && python benchmarks/bench_scale.py'
     unshare -n sh -c 'ip link set lo up && python benchmarks/bench_scale.py --quick'
 
-Also measured, for docs/scale.md's cost model: decode CPU-seconds per video (exact and
-keyframe sampling, in this process) and the encoder's images/s on 1 thread.
+Also measured: decode CPU-seconds per video of the clips above (exact and keyframe sampling,
+in this process) and the encoder's images/s on 1 thread.
+
+``--decode-model`` measures only docs/scale.md's cost-model inputs, without Ray (no namespace
+needed): the CPU-seconds of ``sample_video(path, 100, size=224)`` in one process (1 decoder
+thread, as a build's decode task) on 60 s 640x360 30 fps H.264 clips (x264 veryfast, B-frames,
+scene cuts) made with keyint 250 (x264's default) and 60 (2-second GOPs), exact and keyframe
+sampling, and for reference PyAV decoding every frame (no conversion); the median over 3 clips
+x --repeats rounds:
+
+    python benchmarks/bench_scale.py --decode-model
+    python benchmarks/bench_scale.py --decode-model --clip-seconds 10 --keyint 250 --clips 5
 """
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
 import common
 from bench_build import clip_checkpoint, make_videos
+from bench_sampling import FPS, GEN_VERSION, X264, encode_video
 
 from encoders.build import BuildConfig, build_store
 from encoders.video.sampling import sample_video
@@ -49,15 +61,78 @@ def run(videos: Path, encoder, frames: int, k: int, engine: str) -> float:
     return wall
 
 
+def model_clips(seconds: int, keyint: int, n: int) -> list[Path]:
+    """``n`` cached ``seconds``-long 640x360 clips (bench_sampling's generator and x264
+    settings) with a keyframe at least every ``keyint`` frames."""
+    x264 = {**X264, "x264-params": X264["x264-params"].replace("keyint=250", f"keyint={keyint}")}
+    d = common.out_dir("scale", f"model_{seconds}s_k{keyint}_g{GEN_VERSION}")
+    paths = []
+    for i in range(n):
+        path = d / f"clip{i:02d}.mp4"
+        if not path.is_file():
+            print(f"generating {path.parent.name}/{path.name} ({seconds} s, keyint {keyint})...", flush=True)
+            encode_video(path, seconds * FPS, seed=300 + i, x264=x264)
+        paths.append(path)
+    return paths
+
+
+def decode_all(path: Path) -> int:
+    """Decode every frame of ``path`` with PyAV on one thread, converting none: the reference
+    for exact sampling, which decodes from the keyframe before each target."""
+    import av
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type, stream.thread_count = "SLICE", 1
+        return sum(1 for _ in container.decode(stream))
+
+
+def decode_model(seconds: int, keyints: list[int], n_clips: int, frames: int, rounds: int) -> None:
+    """docs/scale.md's d: decode CPU-seconds per video, exact and keyframe, per keyint."""
+    clips = {k: model_clips(seconds, k, n_clips) for k in keyints}
+    print(f"decode model: {n_clips} clips x {seconds} s 640x360 {FPS} fps per keyint, sample_video(path, {frames}, "
+          f"size=224), 1 decoder thread, {rounds} round(s); {os.cpu_count()} cores; "
+          f"load average {common.load_average()}", flush=True)
+    cpu: dict[tuple[int, str], list[float]] = {}
+    returned: dict[tuple[int, str], list[int]] = {}
+    for _ in range(rounds):
+        for k, paths in clips.items():
+            for path in paths:
+                for mode in ("exact", "keyframe", "decode all"):
+                    c = time.process_time()
+                    n = len(sample_video(path, frames, mode=mode, size=224).indices) if mode != "decode all" \
+                        else decode_all(path)
+                    cpu.setdefault((k, mode), []).append(time.process_time() - c)
+                    returned.setdefault((k, mode), []).append(n)
+    rows, result = [], {}
+    for (k, mode), xs in cpu.items():
+        d = statistics.median(xs)
+        got = int(statistics.median(returned[(k, mode)]))
+        rows.append([f"keyint {k}", mode, d, got, 1e6 * d / 3600])
+        result[f"keyint{k}_{mode}"] = {"cpu_s_per_video": d, "cpu_s_all": xs, "frames_returned": got}
+    common.table(rows, ["clips", "sampling", "CPU s/video (d)", "frames", "CPU-hours per 1M videos"])
+    common.save("bench_scale_decode_model", {"clip_seconds": seconds, "keyints": keyints, "clips": n_clips,
+                                             "frames": frames, "rounds": rounds, "decode": result})
+
+
 def main() -> None:
     p = common.parser(__doc__.split("\n")[0], repeats=3)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="decode CPU counts k to compare")
     p.add_argument("--videos", type=int, default=None, help="clips to build (default 8; --quick 4)")
-    p.add_argument("--frames", type=int, default=None, help="exact frames per clip (default 32; --quick 8)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per clip (default 32, --quick 8; --decode-model: 100)")
     p.add_argument("--marginal", action="store_true",
                    help="also build one video with each engine: the difference is the per-video cost without "
                         "the fixed start-up (Ray's encoder actor imports torch and loads the model per build)")
+    p.add_argument("--decode-model", action="store_true",
+                   help="only docs/scale.md's decode cost per video (d), exact and keyframe, no Ray")
+    p.add_argument("--clip-seconds", type=int, default=60, help="--decode-model: clip length (default 60)")
+    p.add_argument("--keyint", type=int, nargs="+", default=[250, 60],
+                   help="--decode-model: x264 keyint of the clips, one set of clips each (default 250 60)")
+    p.add_argument("--clips", type=int, default=3, help="--decode-model: clips per keyint (default 3)")
     args = p.parse_args()
+    if args.decode_model:
+        decode_model(args.clip_seconds, args.keyint, args.clips, args.frames or 100, 1 if args.quick else args.repeats)
+        return
     import ray
     import torch
 
