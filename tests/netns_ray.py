@@ -7,9 +7,9 @@ part); the private-Ray path (``--engine ray`` without ``--address``: ``ray.init(
 of a local Ray, ``--ray-cpus 2``) runs once, through the CLI in a subprocess.
 
 Faults are made from outside the code under test: worker processes are SIGKILLed, the driver
-is SIGKILLed, and a video named ``dies-*.mp4`` makes its decode worker exit, through a Ray
-``worker_process_setup_hook`` that only this module's cluster installs (the production code
-has no such switch).
+is SIGKILLed, and a video named ``dies-*.mp4`` makes its decode worker exit (``poison-*.mp4``:
+the encoder raise), through a Ray ``worker_process_setup_hook`` that only this module's
+cluster installs (the production code has no such switch).
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ FRAMES = 4
 N_VIDEOS = 8  # few: on 2 busy cores each Ray build costs tens of seconds
 EXIT_SOME_FAILED = 3
 DIES = "dies-"  # a video named so kills its decode worker, every attempt (see cluster)
+POISON = "poison-"  # a video named so makes the encoder actor raise (see cluster)
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +61,17 @@ def cluster():
     def die_on_marked_videos():
         """Runs in each Ray worker of this test session (not of other drivers): decoding a
         ``dies-*.mp4`` notes the attempt beside the file and exits the worker at once, as a
-        decoder segfault or the OOM killer would end it."""
+        decoder segfault or the OOM killer would end it; embedding a ``poison-*`` video
+        raises, as a CUDA out-of-memory error would."""
         import encoders.build.pipeline as pipeline
         real = pipeline.decode_task
+        real_add = pipeline.FrameBatcher.add
+
+        def add(self, task, video):
+            if task.video_id.startswith(POISON):
+                raise RuntimeError("CUDA out of memory (a test's poison video)")
+            return real_add(self, task, video)
+        pipeline.FrameBatcher.add = add
 
         def decode_task(task):
             if os.path.basename(task.path).startswith(DIES):
@@ -243,6 +252,22 @@ def test_a_video_that_keeps_killing_its_worker_fails_alone(cluster, videos, spec
     assert f" {N_VIDEOS + 2}/{N_VIDEOS + 2} " in bar and "failed=2" in bar, bar
     rate = float(re.search(r"frames_s=([0-9.]+)", bar).group(1))
     assert rate > 0 and re.search(r"videos_s=[0-9.]+", bar), bar
+
+
+def test_an_encoder_error_stops_the_build_with_its_message(cluster, videos, spec, class_videos, tmp_path):
+    """An exception in the encoder actor is not one video's failure: the build stops with its
+    message and exit status 1, as locally (Ray Data, which drops failed blocks so that a dead
+    decode worker costs only its video, would otherwise list the batch's videos as failed)."""
+    from click.testing import CliRunner
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    poison = extra / f"{POISON}00.mp4"
+    shutil.copy(sorted(class_videos[0].glob("*.mp4"))[N_VIDEOS], poison)
+    store = tmp_path / "ray"
+    r = CliRunner().invoke(cli_main, ["-q", *_build_cmd(videos, store, spec, str(poison), "--address", cluster.address)])
+    assert r.exit_code == 1, r.output
+    assert "the encoder failed on Ray node" in r.output and "CUDA out of memory (a test's poison video)" in r.output
+    assert not (store / "failures.csv").is_file() or "died" not in (store / "failures.csv").read_text()
 
 
 KILLED_DRIVER = """

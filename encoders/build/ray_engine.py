@@ -14,7 +14,8 @@ decoded frames stay on the workers' side of the encoder stage.
 Failures: a video whose decode raises comes back as a failure row (its reason, as locally); a
 decode worker that dies (killed, segfault) is retried ``task_retries`` times by Ray, then its
 video is reported failed and the rest of the build goes on; a dead encoder actor is restarted
-by Ray Data and its batch retried. Ray Data runs the pipeline in waves of ``wave_videos``
+by Ray Data and its batch retried; an exception in the encoder (CUDA out of memory...) stops the
+build with its message, as locally. Ray Data runs the pipeline in waves of ``wave_videos``
 videos, which bounds what the driver and the object store hold.
 
 Batch size: --batch-size when given (the same batch size as a local build gives bit-identical
@@ -168,6 +169,16 @@ class EncoderActor:
         self.node = _node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        try:
+            return self._embed(batch)
+        except Exception as e:
+            # Not one video's fault: reported to the driver, which stops the build (Ray Data,
+            # told to drop failed blocks so that a dead decode worker costs only its video,
+            # would otherwise drop these videos as if their decode workers had died).
+            return {"video_id": [str(batch["video_id"][0])], "error": [""], "payload": [b""], "node": [""],
+                    "encoder_node": [self.node], "fatal": [describe_exception(e)]}
+
+    def _embed(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from .pipeline import DecodeTask, FrameBatcher
         out: dict[str, list] = {"video_id": [], "error": [], "payload": [], "node": [], "encoder_node": []}
         batcher = FrameBatcher(self.encoder, self.batch_size)
@@ -192,6 +203,7 @@ class EncoderActor:
             # The frames stay here; the driver needs the metadata, thumbnail and vectors.
             out["payload"].append(pickle.dumps((replace(p.video, images=p.video.images[:0]), p.embeddings),
                                                protocol=5))
+        out["fatal"] = [""] * len(out["video_id"])
         return out
 
 
@@ -260,6 +272,9 @@ def ray_results(tasks: Sequence["DecodeTask"], encoder: "FrameEncoder", config: 
             seen: set[str] = set()
             try:
                 for row in ds.iter_rows():
+                    if row["fatal"]:
+                        raise RayEngineError(f"the encoder failed on Ray node {str(row['encoder_node'])[:8]}: "
+                                             f"{row['fatal']}")
                     vid = str(row["video_id"])
                     task = wave[vid]
                     seen.add(vid)
