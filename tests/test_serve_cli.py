@@ -199,10 +199,6 @@ class OpenMPWorkersInSearchThreads(Exception):
     """FAISS started OpenMP workers in the served process although faiss_threads is 1."""
 
 
-@pytest.mark.xfail(strict=True, raises=OpenMPWorkersInSearchThreads, reason=(
-    "cli/serve/app.py serve() calls faiss.omp_set_num_threads(faiss_threads) on the main thread; "
-    "OpenMP keeps that setting per thread, so the search threads (batcher.py) run batched FAISS "
-    "searches with OpenMP's default thread count. Remove this mark with the fix."))
 def test_faiss_threads_setting_reaches_the_search_threads(vector_store_indexed, tmp_path):
     """ServeConfig.faiss_threads (1) is FAISS's thread count where `vstore serve` searches: with
     OMP_NUM_THREADS=8, batched searches (16 clients at once) start no OpenMP worker threads."""
@@ -226,15 +222,6 @@ def test_faiss_threads_setting_reaches_the_search_threads(vector_store_indexed, 
                                                f"vector searches ({threads_before} -> {threads_after})")
 
 
-@pytest.fixture
-def restore_faiss_threads():
-    """`vstore serve` sets FAISS's thread count for its process; put this process's back."""
-    import faiss
-    n = faiss.omp_get_max_threads()
-    yield
-    faiss.omp_set_num_threads(n)
-
-
 @pytest.mark.parametrize("args,env,code,message", [
     (["--host", "example.com"], {}, 1,
      "Error: --host must be an IP address (127.0.0.1, 0.0.0.0, ::1) or localhost, got 'example.com'"),
@@ -251,7 +238,7 @@ def test_bad_options_are_refused_with_one_line(runner, tmp_path, args, env, code
         assert r.output.splitlines() == [message]
 
 
-def test_a_directory_that_is_not_a_store_is_refused_with_one_line(runner, tmp_path, restore_faiss_threads):
+def test_a_directory_that_is_not_a_store_is_refused_with_one_line(runner, tmp_path):
     r = runner.invoke(main, ["serve", str(tmp_path / "nothing"), "--port", str(free_port())],
                       env={"VSTORE_TOKEN": None})
     assert r.exit_code == 1 and r.output.splitlines() == [f"Error: {tmp_path / 'nothing'} does not exist; create it "

@@ -353,11 +353,8 @@ class BackgroundServer:
 
 def serve(store: str | Path, config: Optional[ServeConfig] = None) -> None:
     """Serve ``store`` until interrupted (what `vstore serve` runs)."""
-    import faiss
     import uvicorn
     config = config or ServeConfig()
-    if config.faiss_threads:
-        faiss.omp_set_num_threads(config.faiss_threads)
     app = create_app(store, config)
     log.warning("serving %s on http://%s:%d%s", store, config.host, config.port,
                 " (token required)" if config.token else "")

@@ -98,7 +98,8 @@ class Backend:
             except EncoderMissing as e:
                 log.warning("%s; vector and stored-frame queries still work", e)
         self.batcher = MicroBatcher(self._run_batch, max_batch=self.config.max_batch,
-                                    window_s=self.config.batch_window_ms / 1000, threads=self.config.search_threads)
+                                    window_s=self.config.batch_window_ms / 1000, threads=self.config.search_threads,
+                                    thread_init=self._search_thread_init)
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None
         if watch:
@@ -260,6 +261,14 @@ class Backend:
         if q.ndim != 1:
             raise QueryError(f"give one ({g.store.dim},) vector per request, got shape {q.shape}")
         return await self.batcher.submit_async((id(g), params), (g, q))
+
+    def _search_thread_init(self) -> None:
+        """FAISS's OpenMP threads for searches on this thread (``faiss_threads``; 0 = FAISS's
+        default). OpenMP keeps the count per thread: set on the main thread, it would not
+        reach the search threads."""
+        if self.config.faiss_threads:
+            import faiss
+            faiss.omp_set_num_threads(self.config.faiss_threads)
 
     def _run_batch(self, key: tuple, items: list[tuple[Generation, np.ndarray]]) -> list[list[Hit]]:
         params: SearchParams = key[1]

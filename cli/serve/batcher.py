@@ -36,9 +36,12 @@ class MicroBatcher:
     """``run(key, values) -> results`` (one result per value, same order) on batches."""
 
     def __init__(self, run: Callable[[Hashable, list], list], max_batch: int = 32, window_s: float = 0.0015,
-                 threads: int = 2):
+                 threads: int = 2, thread_init: Callable[[], None] | None = None):
+        """``thread_init`` runs first on each search thread (per-thread settings such as
+        OpenMP's thread count, which a thread does not inherit from the one that made it)."""
         assert max_batch >= 1 and threads >= 1
         self.run, self.max_batch, self.window_s = run, max_batch, window_s
+        self.thread_init = thread_init
         self._queue: deque[_Item] = deque()
         self._cv = threading.Condition()
         self._incoming = 0  # requests announced and not yet submitted
@@ -141,6 +144,8 @@ class MicroBatcher:
             return batch
 
     def _work(self) -> None:
+        if self.thread_init is not None:
+            self.thread_init()
         while (batch := self._take()) is not None:
             try:
                 results = self.run(batch[0].key, [it.value for it in batch])

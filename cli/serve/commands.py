@@ -35,11 +35,16 @@ The API is described in docs/serve.md and at /docs.
 @click.option("--device", default=_D.device, show_default=True, help="Device of the text/image encoder.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=_D.max_batch, show_default=True,
               help="Concurrent vector queries answered by one FAISS search (1 = no batching).")
-def serve_cmd(store, host, port, token, refresh, device, max_batch):
+@click.option("--search-threads", type=click.IntRange(min=1), default=_D.search_threads, show_default=True,
+              help="Threads running FAISS searches (each takes a batch of queries).")
+@click.option("--faiss-threads", type=click.IntRange(min=0), default=_D.faiss_threads, show_default=True,
+              help="OpenMP threads inside each FAISS search (0 = all cores; 1 lets concurrent requests "
+                   "share the cores instead).")
+def serve_cmd(store, host, port, token, refresh, device, max_batch, search_threads, faiss_threads):
     """Serve STORE as a live search service with a web page."""
     from .app import serve
     serve(store, ServeConfig(host=host, port=port, token=token or None, refresh=refresh, device=device,
-                             max_batch=max_batch))
+                             max_batch=max_batch, search_threads=search_threads, faiss_threads=faiss_threads))
 
 
 COMMANDS = [serve_cmd]

@@ -35,8 +35,8 @@ class ServeConfig:
     batch_window_ms: float = 1.5
     # Threads running FAISS searches (each takes a batch).
     search_threads: int = 2
-    # FAISS OpenMP threads per search, set by `vstore serve` for its process (0 = FAISS's
-    # default, all cores). 1: parallelism comes from concurrent requests, and a single query
+    # FAISS OpenMP threads per search, set on each search thread (0 = FAISS's default, all
+    # cores). 1: parallelism comes from concurrent requests, and a single query
     # does not pay OpenMP's spin-waits on a busy machine (measured 3x less CPU per query).
     faiss_threads: int = 1
     # Frame thumbnails: width in pixels and how many JPEGs the LRU cache keeps (~15 KB each).
