@@ -22,7 +22,7 @@ from vstore import Store
 from vstore.errors import SplitError
 from vstore.sysmem import available_memory_bytes
 
-from .models import SEQUENCE_MODELS
+from .models import SEQUENCE_MODELS, masked_mean
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,9 @@ class FrameStream:
 class ViewStream:
     """Frames of a split gathered from the store's memory-mapped training view
     (``vstore.train_view``): no copy of the split in memory; each block of whole batches is
-    gathered from the mapping in the epoch's (fully shuffled) order, converted to float32,
-    pinned and sent asynchronously when the device is a GPU."""
+    gathered from the mapping in the epoch's (fully shuffled) order. On a GPU the block is
+    pinned and sent asynchronously as it is stored (float16 frames, uint8 mask: half the bytes
+    of float32) and converted on the device; on the CPU it is converted in place."""
 
     def __init__(self, frames: torch.Tensor, valid: torch.Tensor, rows: np.ndarray,
                  block_bytes: int = GATHER_BYTES, file_order: bool = False):
@@ -141,11 +142,11 @@ class ViewStream:
             valid = self.valid.index_select(0, src)  # (n, T) uint8
             if back is not None:
                 frames, valid = frames[back], valid[back]
-            frames, valid = frames.float(), valid.bool()
-            if cuda:
+            if cuda:  # float16 over the bus, float32 on the device
                 frames, valid = frames.pin_memory(), valid.pin_memory()
-            frames = frames.to(data.device, non_blocking=True)
-            valid = valid.to(data.device, non_blocking=True)
+                frames = frames.to(data.device, non_blocking=True)
+                valid = valid.to(data.device, non_blocking=True)
+            frames, valid = frames.float(), valid.bool()  # (n, T, D) float32, (n, T) bool
             pos = pos.to(data.device)
             for a in range(0, len(pos), batch_size):
                 idx = pos[a:a + batch_size]
@@ -153,6 +154,21 @@ class ViewStream:
                 batch["frames"] = frames[a:a + batch_size]
                 batch["valid"] = valid[a:a + batch_size]
                 yield idx, batch
+
+
+@torch.no_grad()
+def pooled_data(data: SplitData, batch_size: int = 256) -> SplitData:
+    """The same videos as (V, D) masked means of their frames (what the ``linear`` model and
+    the ``transformer``'s linear part see), computed in one pass over ``data``'s frames."""
+    if "pooled" in data.tensors:
+        return data
+    pooled: Optional[torch.Tensor] = None
+    for idx, batch in data.batches(batch_size):
+        mean = masked_mean(batch["frames"], batch["valid"])  # (B, D)
+        if pooled is None:
+            pooled = torch.empty(len(data), mean.shape[1], device=data.device)
+        pooled[idx] = mean
+    return SplitData(ids=data.ids, y=data.y, tensors={"pooled": pooled}, device=data.device)
 
 
 def load_split_data(store: Store, ids: Sequence[str], model: str, device: torch.device, *,

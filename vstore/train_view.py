@@ -4,11 +4,25 @@ float16 array and a (V, T) mask, written once per store generation, then mapped 
 
 Layout: ``STORE/cache/train-view/g<generation>-t<T>/`` holding ``frames.f16`` (raw
 C-order float16), ``valid.u8`` (raw uint8 0/1) and ``view.json`` (shape, generation, a
-SHA-256 of the ids in order, SHA-256 of both files). It is written block by block from the
-segments (bounded memory) into a temporary directory, the files' checksums are recomputed
-from disk and compared with those of the blocks written, and the directory is renamed into
-place: a crash leaves no half view. Views of other generations are removed when a view is
-opened, so a store that changed (a new generation) is never trained from stale frames.
+SHA-256 of the ids in order, SHA-256, size and modification time of both files). It is
+written block by block from the segments (bounded memory) into a temporary directory, the
+files' checksums are recomputed from disk and compared with those of the blocks written, and
+the directory is renamed into place: a crash leaves no half view.
+
+Opening checks it, and a view that fails a check is a cache to rebuild, never data to use:
+a damaged ``view.json``, a view of other videos, or a file of the wrong size is rebuilt at
+once; a file whose modification time is not the one recorded (it was written since) has its
+SHA-256 recomputed, and is rebuilt if that differs. (A file changed while keeping its size and
+modification time, e.g. bit rot under the file system, is only caught by ``verify_train_view``;
+the store's own chunks carry checksums, the view is a cache of them.) When the rebuilt view
+fails too, the error is raised.
+
+Which views are kept: views of other generations are removed when a view is opened, so a
+store that changed (a new generation) is never trained from stale frames. Views of the same
+generation with another ``T`` (``--max-frames``) are kept: each is valid, and a user who
+alternates between two caps would otherwise rewrite a view every run; each costs its size on
+disk until the next generation (``vstore compact``, a build) removes it, or the user deletes
+``cache/``.
 """
 from __future__ import annotations
 
@@ -117,32 +131,66 @@ def _view_path(store: Store, T: int) -> Path:
 
 def open_train_view(store: Store, max_frames: Optional[int] = None, block_videos: int = 256,
                     progress: bool = False) -> TrainView:
-    """The store's training view (written first if this generation has none)."""
+    """The store's training view (written first if this generation has none, rewritten if the
+    one on disk fails a check; see the module doc)."""
     n = store.videos.n_frames
     T = int(min(n.max(), max_frames)) if max_frames else int(n.max())
     path = _view_path(store, T)
     root = path.parent
-    if root.is_dir():  # invalidate: views of other generations
+    if root.is_dir():  # invalidate: views of other generations (same generation, other T: kept)
         for old in root.iterdir():
-            if old.name != path.name and not old.name.startswith(".tmp-") and old.is_dir():
+            if (not old.name.startswith(f"g{store.generation}-") and not old.name.startswith(".tmp-")
+                    and old.is_dir()):
                 shutil.rmtree(old, ignore_errors=True)
-    if not (path / "view.json").is_file():
-        _write_view(store, path, T, max_frames, block_videos, progress)
+    if (path / "view.json").is_file():
+        try:
+            return _map(store, path)
+        except StoreCorruptError as e:
+            log.warning("the training view %s failed a check (%s); rebuilding it", path, e)
+            shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():  # a directory without its view.json: not a view
+        log.warning("the training view %s has no view.json; rebuilding it", path)
+        shutil.rmtree(path, ignore_errors=True)
+    _write_view(store, path, T, max_frames, block_videos, progress)
     return _map(store, path)
+
+
+def _file_record(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _map(store: Store, path: Path) -> TrainView:
     try:
         meta = json.loads((path / "view.json").read_text(encoding="utf-8"))
         V, T, D = (int(x) for x in meta["shape"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StoreCorruptError(f"{path}/view.json is damaged ({e}); delete {path} to rebuild it", str(path)) from e
+        sums, records = dict(meta["sha256"]), dict(meta.get("files") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StoreCorruptError(f"{path}/view.json is damaged ({type(e).__name__}: {e})", str(path)) from e
     ids = list(store.videos.ids)
     if meta.get("generation") != store.generation or meta.get("ids_sha256") != _ids_digest(ids) or V != len(ids):
-        raise StoreCorruptError(f"{path} does not match the store's videos; delete it to rebuild it", str(path))
+        raise StoreCorruptError(f"{path} does not match the store's videos", str(path))
+    rechecked = {}
     for name, size in (("frames.f16", V * T * D * 2), ("valid.u8", V * T)):
-        if (path / name).stat().st_size != size:
-            raise StoreCorruptError(f"{path / name} has the wrong size; delete {path} to rebuild it", str(path))
+        try:
+            now = _file_record(path / name)
+        except OSError as e:
+            raise StoreCorruptError(f"{path / name} cannot be read ({e})", str(path)) from e
+        if now["size"] != size:
+            raise StoreCorruptError(f"{path / name} has {now['size']} bytes, not {size}", str(path))
+        if now != records.get(name):  # written since the view was (or a view without records): check its content
+            if _file_sha256(path / name) != sums.get(name):
+                raise StoreCorruptError(f"{path / name} does not match its checksum", str(path))
+            rechecked[name] = now
+    if rechecked:  # the content is the one written: record the files as they are now, so the next open is cheap
+        log.info("%s: %s checked against the view's checksums (modified since written)", path, ", ".join(rechecked))
+        tmp = path / f".view.json.{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.write_text(json.dumps({**meta, "files": {**records, **rechecked}}, indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, path / "view.json")
+        except OSError as e:  # a read-only store: check again next time
+            log.info("cannot update %s/view.json (%s)", path, e)
+            tmp.unlink(missing_ok=True)
     frames = np.memmap(path / "frames.f16", dtype=np.float16, mode="c", shape=(V, T, D))
     valid = np.memmap(path / "valid.u8", dtype=np.uint8, mode="c", shape=(V, T))
     return TrainView(path, ids, frames, valid)
@@ -174,7 +222,7 @@ def _write_view(store: Store, path: Path, T: int, max_frames: Optional[int], blo
                 raise StoreCorruptError(f"{tmp / name}: checksum mismatch right after writing (disk error?)", str(tmp))
         meta = {"format": "vstore-train-view", "version": 1, "shape": [V, T, D], "dtype": "float16",
                 "generation": store.generation, "ids_sha256": _ids_digest(ids), "max_frames": max_frames,
-                "sha256": sums}
+                "sha256": sums, "files": {name: _file_record(tmp / name) for name in sums}}
         (tmp / "view.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         for name in (*sums, "view.json"):
             with open(tmp / name, "rb") as fh:
