@@ -4,11 +4,12 @@ Rows are metrics, columns are runs (model x mixup); cells are ``mean +/- std`` o
 (and folds, for ``--folds`` runs) when a run had several. Written as Markdown with a PNG bar
 chart beside it.
 
-Paired comparisons: for every pair of runs evaluated on the same test videos (the same stored
-split, or the same ``--folds K --repeats R`` on the same store), the mean difference in
-accuracy over the shared test units (video x fold x repeat, each run's correctness averaged
-over its seeds), its 95% paired-bootstrap interval and p-value (``classifiers.folds``). A
-difference whose p-value is under 0.05 is marked significant.
+Paired comparisons: for every pair of runs evaluated the same way (the same stored split, or
+the same ``--folds K --repeats R`` on the same store), the mean difference in accuracy over
+the test videos (each video one unit, each run's correctness on it averaged over its seeds
+and repeats), its 95% paired-bootstrap interval and p-value (``classifiers.folds``). A
+difference whose p-value is under 0.05 is marked significant. Runs of one store evaluated
+differently (other folds, another split) are listed as not compared, with the reason.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from vstore.fsutil import atomic_write_bytes
 
-from .folds import UNITS_NAME, paired_bootstrap, read_units
+from .folds import UNITS_NAME, comparable, paired_bootstrap, read_units
 from .metrics import SCALARS
 from .plots import plot_report
 from .runs import Run, load_run
@@ -33,6 +34,8 @@ def _column(run: Run) -> str:
     cfg = m.get("config", {})
     if m["model"] == "knn":
         name += f" (k={cfg.get('k')}, {cfg.get('level')})"
+    if cfg.get("shuffle_labels"):
+        name += " (shuffled labels)"
     return name
 
 
@@ -74,39 +77,51 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[str, list[Run]]:
     return text + ("\n" + paired if paired else ""), runs
 
 
-def paired_comparisons(runs: Sequence[Run]) -> list[dict]:
-    """Every pair of runs with shared test units: mean accuracy difference and paired test."""
+def paired_comparisons(runs: Sequence[Run], refused: list[dict] | None = None) -> list[dict]:
+    """Every pair of runs of one store evaluated the same way: mean accuracy difference and
+    paired test over the test videos. Pairs of one store evaluated differently go to
+    ``refused`` (``{"a", "b", "reason"}``) instead of being paired on the videos they share."""
     units = {i: read_units(Path(r.path) / UNITS_NAME) for i, r in enumerate(runs) if (Path(r.path) / UNITS_NAME).is_file()}
     out = []
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             if i not in units or j not in units or runs[i].metrics.get("store") != runs[j].metrics.get("store"):
                 continue
-            shared = sorted(set(units[i]) & set(units[j]))
-            if not shared:
+            ok, why = comparable(units[i], units[j])
+            if not ok:
+                if refused is not None:
+                    refused.append({"a": i, "b": j, "reason": why})
                 continue
-            res = paired_bootstrap(np.array([units[i][k] for k in shared]), np.array([units[j][k] for k in shared]))
+            ids = sorted(units[i].correct)
+            res = paired_bootstrap(np.array([units[i].correct[v] for v in ids]),
+                                   np.array([units[j].correct[v] for v in ids]))
             out.append({"a": i, "b": j, "n": res.n, "mean_diff": res.mean_diff, "ci": (res.ci_low, res.ci_high),
                         "p_value": res.p_value, "significant": res.significant,
-                        "complete": len(shared) == len(units[i]) == len(units[j])})
+                        "evaluations": units[i].evaluations})
     return out
 
 
 def paired_table(runs: Sequence[Run], cols: Sequence[str]) -> str:
-    rows = paired_comparisons(runs)
-    if not rows:
-        return ""
-    lines = ["## Paired comparisons", "",
-             "Accuracy of A minus accuracy of B over the test units both were evaluated on (video x fold x "
-             "repeat; each run's correctness averaged over its seeds); 95% paired-bootstrap interval and "
-             "two-sided p-value (10,000 resamples).", "",
-             "| A | B | units | mean difference | 95% interval | p | significant (p < 0.05) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {cols[r['a']]} | {cols[r['b']]} | {r['n']}{'' if r['complete'] else ' (partial)'} | "
-                     f"{r['mean_diff']:+.4f} | [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] | {r['p_value']:.4f} | "
-                     f"{'**yes**' if r['significant'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+    refused: list[dict] = []
+    rows = paired_comparisons(runs, refused)
+    lines: list[str] = []
+    if rows:
+        lines += ["## Paired comparisons", "",
+                  "Accuracy of A minus accuracy of B over the test videos (one unit per video: each run's "
+                  "correctness on it averaged over its seeds and repeats); 95% paired-bootstrap interval over "
+                  "videos and two-sided p-value (10,000 resamples).", "",
+                  "| A | B | videos | mean difference | 95% interval | p | significant (p < 0.05) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {cols[r['a']]} | {cols[r['b']]} | {r['n']} | "
+                         f"{r['mean_diff']:+.4f} | [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] | {r['p_value']:.4f} | "
+                         f"{'**yes**' if r['significant'] else 'no'} |")
+    if refused:
+        lines += ([] if lines else ["## Paired comparisons"]) + ["",
+                  "**Not compared** (runs of this store evaluated on different folds or splits: a paired test "
+                  "needs every video tested in the same place by both):", ""]
+        lines += [f"* {cols[r['a']]} vs {cols[r['b']]}: {r['reason']}" for r in refused]
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> tuple[Path, Path]:
