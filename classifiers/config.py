@@ -9,17 +9,32 @@ BASELINES = ("knn", "zero-shot")
 ALL_MODELS = TRAINED_MODELS + BASELINES
 RECIPES = ("default", "reference")
 
-# What each recipe sets when the user does not (None below). ``reference`` is the reference
-# study's recipe exactly; ``default`` converges (measured in docs/classifiers.md): features
-# standardised with the training set's mean and std (stored in the model), AdamW with a cosine
-# decay of the learning rate to 0 over the run, more epochs, and, when the split has a
-# validation part, the weights of the epoch with the lowest validation loss.
+# What each recipe sets when the user does not (None below); a dict is per model, "*" for the
+# others. ``reference`` is the reference study's recipe exactly; ``default`` converges
+# (measured in docs/classifiers.md): features standardised with the training set's mean and std
+# (stored in the model), AdamW with a cosine decay of the learning rate to 0 over the run, more
+# epochs, and the weights of the epoch with the lowest validation loss, on the split's
+# validation part or, for the ``transformer``, on a part of the training videos held out when
+# the split has none (its temporal part is kept only while it beats its linear part there).
 RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
     "reference": {"epochs": 10, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant",
-                  "standardize": False, "keep_best": False},
-    "default": {"epochs": {"linear": 100, "random-frame": 100}, "default_epochs": 40, "batch_size": 32, "lr": 1e-3,
-                "weight_decay": 1e-4, "schedule": "cosine", "standardize": True, "keep_best": True},
+                  "standardize": False, "keep_best": False, "holdout": 0.0},
+    "default": {"epochs": {"linear": 100, "random-frame": 100, "*": 40}, "batch_size": 32, "lr": 1e-3,
+                "weight_decay": 1e-4, "schedule": "cosine", "standardize": True, "keep_best": True,
+                "holdout": {"transformer": 0.15, "*": 0.0}},
 }
+MEMMAP_CHOICES = {"auto": None, "on": True, "off": False}  # the CLI's --memmap -> TrainConfig.memmap
+
+
+def memmap_choice(memmap: Optional[bool]) -> str:
+    """``TrainConfig.memmap`` -> the CLI's --memmap name (auto | on | off)."""
+    return next(name for name, value in MEMMAP_CHOICES.items() if value is memmap)
+
+
+def recipe_value(recipe: str, name: str, model: str) -> Any:
+    """What ``recipe`` sets for ``name`` when training ``model``."""
+    value = RECIPE_SETTINGS[recipe][name]
+    return value.get(model, value["*"]) if isinstance(value, dict) else value
 
 
 @dataclass
@@ -34,8 +49,16 @@ class TrainConfig:
     weight_decay: Optional[float] = None  # None: the recipe's (default 1e-4 with AdamW, reference 0 with Adam)
     schedule: Optional[str] = None  # constant | cosine (to 0 over the run); None: the recipe's
     standardize: Optional[bool] = None  # standardise features with the training set's statistics
-    keep_best: Optional[bool] = None  # keep the weights of the best validation-loss epoch (needs a val split)
-    seeds: int = 1  # repeat with seeds 0..seeds-1; metrics are mean +/- std over them
+    keep_best: Optional[bool] = None  # keep the weights of the best validation-loss epoch (on the val part)
+    holdout: Optional[float] = None  # without a val split: this fraction of each label's training videos is held
+    #   out (hash-ranked) as the val part of the transformer's temporal stage; None: the recipe's
+    #   (default: 0.15 for transformer, 0 for the others; reference: 0)
+    linear_part: bool = True  # transformer: contain the linear model (classifiers.models); False: the temporal part
+    #   alone, as before it had one (for comparisons: benchmarks/bench_quality.py --compare)
+    linear_epochs: Optional[int] = None  # transformer: epochs of its linear part (None: the recipe's linear epochs)
+    shuffle_labels: bool = False  # a noise control: train (and validate) on the labels permuted, test on the real ones
+    seeds: int = 1  # repeat with seeds first_seed..first_seed+seeds-1; metrics are mean +/- std over them
+    first_seed: int = 0  # the first seed (two runs with different first seeds are independent repeats)
     folds: int = 1  # > 1: stratified K-fold cross-validation (classifiers.folds); 1 = the stored split
     repeats: int = 1  # cross-validation repeated with this many different fold assignments
     cv_pool: str = "train"  # folds over: train (the split's train + val; its test part held out) | all
@@ -57,18 +80,22 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(ALL_MODELS)}")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
-        settings = RECIPE_SETTINGS[self.recipe]
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "schedule", "standardize", "keep_best"):
+        for name in ("epochs", "batch_size", "lr", "weight_decay", "schedule", "standardize", "keep_best", "holdout"):
             if getattr(self, name) is None:
-                value = settings[name]
-                if isinstance(value, dict):
-                    value = value.get(self.model, settings["default_epochs"])
-                setattr(self, name, value)
+                setattr(self, name, recipe_value(self.recipe, name, self.model))
+        if self.linear_epochs is None:
+            self.linear_epochs = recipe_value(self.recipe, "epochs", "linear")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be constant or cosine, got {self.schedule!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("epochs", "batch_size", "seeds", "layers", "k", "folds", "repeats"):
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
+        if self.shuffle_labels and self.model in BASELINES:
+            raise ValueError(f"--shuffle-labels applies to trained models, not {self.model}")
+        for name in ("epochs", "batch_size", "seeds", "layers", "k", "folds", "repeats", "linear_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.encoder_lr <= 0:
@@ -92,7 +119,7 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        return self.model + (" + mixup" if self.mixup else "")
+        return self.model + (" + mixup" if self.mixup else "") + (" (shuffled labels)" if self.shuffle_labels else "")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

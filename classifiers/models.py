@@ -1,12 +1,18 @@
 """The three classifiers of the reference study, each with its own place to apply mixup.
 
 * ``linear``: masked mean of the frame embeddings -> one linear layer.
-* ``transformer`` (the default temporal model): LayerNorm of each frame embedding + learned
-  positional embeddings on the same (unit) scale, a learned [CLS] token in front, ``layers``
-  pre-norm encoder layer(s) (GELU, feed-forward 4 x dim), final LayerNorm, linear head on the
-  [CLS] output. Chosen by measurement (docs/classifiers.md): on order-only sequences (the same
-  frames fading in or out, CLIP-scale inputs) it reaches F1 1.0 where the study's architecture
-  stays far below, and it matches ``linear`` on content-only sequences.
+* ``transformer`` (the default temporal model): the ``linear`` model itself (its logits from
+  the mean-pooled frames) plus a temporal part whose logits are added to them: LayerNorm of
+  each frame embedding + learned positional embeddings on the same (unit) scale, a learned
+  [CLS] token in front, ``layers`` pre-norm encoder layer(s) (GELU, feed-forward 4 x dim),
+  final LayerNorm, a linear head on the [CLS] output, initialised to zero (so the untrained
+  temporal part adds nothing). Training (``classifiers.train``) fits the linear part first,
+  exactly as ``--model linear`` would, then freezes it and trains the temporal part on what
+  is left, keeping the epoch with the lowest validation loss (epoch 0, the linear part alone,
+  included). Chosen by measurement (docs/classifiers.md): on order-only sequences (the same
+  frames fading in or out, CLIP-scale inputs) it reaches F1 1.0 where the study's
+  architecture stays far below, and on content-only sequences, where a temporal model alone
+  overfits small data, it keeps the linear model's accuracy.
 * ``transformer-reference``: the reference study's architecture, kept as it was: learned
   positional embeddings (std 0.02) + frame embeddings -> ``layers`` post-norm encoder
   layer(s), 8 heads, feed-forward 2048 -> masked mean -> linear. Its positions are ~1/20 of a
@@ -44,6 +50,8 @@ class ModelConfig:
     dropout: float = 0.1  # transformer dropout (PyTorch's default)
     finetune: bool = False  # random-frame: train the image encoder too
     standardize: bool = False  # standardise input features (statistics set from training data, saved)
+    linear_path: bool = True  # transformer: contains the linear model, its logits added (False for other models
+    #   and for transformer runs saved before it existed, checkpoint format_version < 3)
 
     def __post_init__(self) -> None:
         if self.model not in TRAINED_MODELS:
@@ -56,6 +64,8 @@ class ModelConfig:
             raise ValueError(f"embedding dim {self.dim} is not divisible by {self.heads} heads")
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if self.model != "transformer":
+            self.linear_path = False
 
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -131,12 +141,19 @@ class ReferenceTransformerClassifier(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
-    """The default temporal model (``transformer``); see the module doc for why this design."""
+    """The default temporal model (``transformer``); see the module doc for why this design.
+
+    ``linear`` (with ``cfg.linear_path``): a ``LinearClassifier`` over the masked mean of the
+    same frames, with its own standardisation (video-mean statistics, as ``--model linear``);
+    its logits plus the temporal head's are the model's."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
+        if cfg.linear_path:
+            self.linear = LinearClassifier(ModelConfig(model="linear", dim=D, n_classes=cfg.n_classes,
+                                                       standardize=cfg.standardize))
         self.scale = feature_scaler(cfg)
         self.in_norm = nn.LayerNorm(D)  # frames to unit scale, whatever the encoder's norm
         self.pos = nn.Parameter(torch.randn(cfg.max_frames + 1, D))  # (1 + T_max, D), [CLS] at 0
@@ -147,6 +164,9 @@ class TransformerClassifier(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(D)
         self.head = nn.Linear(D, cfg.n_classes)
+        if cfg.linear_path:  # the untrained temporal part adds nothing to the linear part's logits
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, batch: dict[str, torch.Tensor], mix: Mix = None) -> torch.Tensor:
         x, valid = mix_sequences(batch["frames"], batch["valid"], mix)  # (B, T, D), (B, T) True = real
@@ -156,7 +176,10 @@ class TransformerClassifier(nn.Module):
         h = torch.cat([self.cls.expand(B, 1, D), self.in_norm(self.scale(x))], dim=1) + self.pos[:T + 1]  # (B, 1 + T, D)
         keep = torch.cat([valid.new_ones(B, 1), valid], dim=1)  # (B, 1 + T)
         h = self.encoder(h, src_key_padding_mask=~keep)  # (B, 1 + T, D); True = padding
-        return self.head(self.out_norm(h[:, 0]))  # (B, C) from [CLS]
+        logits = self.head(self.out_norm(h[:, 0]))  # (B, C) from [CLS]
+        if self.cfg.linear_path:
+            logits = logits + self.linear({"frames": x, "valid": valid})  # (B, C) from the mean-pooled frames
+        return logits
 
 
 class RandomFrameClassifier(nn.Module):

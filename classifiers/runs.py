@@ -83,7 +83,7 @@ def save_run(out_dir: str | Path, cfg: TrainConfig, metrics: dict[str, Any], his
             w.writerow(safe_row([vid, names[t], names[int(p.argmax())]] + [f"{x:.5f}" for x in p]))
         (work / "predictions.csv").write_bytes(buf.getvalue().encode("utf-8"))
         checkpoint = {
-            "format": RUN_FORMAT, "format_version": 2, "run_id": run_id,
+            "format": RUN_FORMAT, "format_version": 3, "run_id": run_id,
             "train_config": asdict(cfg),
             "model_config": asdict(model_cfg) if model_cfg else None,
             "label_names": list(names),
@@ -142,10 +142,13 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     if not isinstance(ck, dict) or ck.get("format") != RUN_FORMAT:
         raise RunError(f"{path} is not a vstore model checkpoint")
     mc = ck.get("model_config")
-    if ck.get("format_version", 1) < 2 and isinstance(mc, dict) and mc.get("model") == "transformer":
+    version = ck.get("format_version", 1)
+    if version < 2 and isinstance(mc, dict) and mc.get("model") == "transformer":
         mc["model"] = "transformer-reference"  # version 1's transformer is today's transformer-reference
         if isinstance(ck.get("train_config"), dict):
             ck["train_config"]["model"] = "transformer-reference"
+    if version < 3 and isinstance(mc, dict):
+        mc.setdefault("linear_path", False)  # version 2's transformer had no linear part
     return ck
 
 

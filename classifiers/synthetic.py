@@ -13,7 +13,9 @@ Three kinds of labelled sequences, each video ``T`` frames of ``D``-d unit-scale
   two only by order (``fade-in``, ``fade-out``).
 
 ``write_sequence_store`` puts such arrays into a real store (``StoreWriter``), with a stored
-split, so training runs through exactly the code users run.
+split, so training runs through exactly the code users run. Each video's key frame is the
+reference study's (``sha256(id) % T`` of its T frames): its embedding is stored (no pixels), so
+``random-frame`` trains on these stores (without mixup or fine-tuning, which need pixels).
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ def write_sequence_store(path: str | Path, x: np.ndarray, y: np.ndarray, label_n
     """A store at ``path`` holding ``x`` (V, T, D) labelled ``label_names[y]``, with a stored
     stratified split (``test_size``; 0 = no split written)."""
     from vstore import Store, StoreConfig
-    from vstore.records import VideoEntry
+    from vstore.records import VideoEntry, key_frame_index
     from vstore.split import SplitConfig, make_split, save_split
     from vstore.writer import StoreWriter
 
@@ -96,8 +98,10 @@ def write_sequence_store(path: str | Path, x: np.ndarray, y: np.ndarray, label_n
     identity = {"name": "synthetic", "id": f"synthetic:{D}", "spec": None, "dim": D}
     with StoreWriter(path, identity, build_info={"synthetic": True}) as w:
         for i in range(V):
+            key = key_frame_index(ids[i], T)  # the study's key frame
             w.add(VideoEntry(id=ids[i], embeddings=x[i], frame_index=np.arange(T), timestamp=np.arange(T) / 25.0,
-                             label=label_names[int(y[i])], source="synthetic"))
+                             label=label_names[int(y[i])], source="synthetic", total_frames=T,
+                             key_frame_index=key, key_frame_time=key / 25.0, key_frame_embedding=x[i, key]))
     if test_size:
         with Store.open(path) as s:
             save_split(path, make_split(s, SplitConfig(test_size=test_size, seed=split_seed)))

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,8 +21,8 @@ from vstore.errors import SplitError
 from vstore.split import load_split
 
 from .config import BASELINES, TrainConfig
-from .data import SplitData, load_split_data
-from .folds import UNITS_NAME, unit_rows_csv
+from .data import SplitData, load_split_data, pooled_data
+from .folds import UNITS_NAME, stratified_holdout, unit_rows_csv
 from .metrics import aggregate_seeds, classification_metrics
 from .mixup import Mixup, mix_targets, soft_cross_entropy
 from .models import ModelConfig, build_model
@@ -69,8 +69,11 @@ def evaluate(model: nn.Module, data: SplitData, label_names: list[str], amp: boo
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    visual = [p for n, p in model.named_parameters() if n.startswith("visual.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
+    """The recipe's optimiser over the trainable parameters (a frozen part, such as the
+    ``transformer``'s fitted linear part, is left out: no update, no weight decay)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    visual = [p for n, p in trainable if n.startswith("visual.")]
+    rest = [p for n, p in trainable if not n.startswith("visual.")]
     groups = [{"params": rest, "lr": cfg.lr}]
     if visual:
         groups.append({"params": visual, "lr": cfg.encoder_lr})
@@ -126,17 +129,47 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, data: SplitData, c
         yield loss.detach()
 
 
+@dataclass
+class LinearPart:
+    """What the ``transformer``'s linear part is trained on: exactly what ``--model linear``
+    would be given for the same split or fold (pooled frames of every training video, its
+    evaluation set, its recipe)."""
+
+    cfg: TrainConfig  # the run's config with model "linear" and the linear epochs
+    model_cfg: ModelConfig
+    train: SplitData  # (V, D) pooled
+    evalset: SplitData
+    eval_name: str  # val (its best epoch kept) | test (curves only)
+    stats: Optional[tuple[torch.Tensor, torch.Tensor]]  # (D,) mean and std of the pooled training features
+
+
 def train_seed(seed: int, cfg: TrainConfig, model_cfg: ModelConfig, train: SplitData, evalset: SplitData,
                eval_name: str, label_names: list[str], encoder_factory=None, progress: bool = True,
-               stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> SeedResult:
+               stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+               linear_part: Optional[LinearPart] = None) -> SeedResult:
     """Train one seed. ``stats``: (D,) mean and std for a model with ``standardize``. With
     ``cfg.keep_best`` and a validation ``evalset``, the weights of the evaluation with the
-    lowest validation loss are the ones returned."""
+    lowest validation loss are the ones returned.
+
+    A model with a linear part (``model_cfg.linear_path``) is trained in two stages: the linear
+    part first, as ``--model linear`` (``linear_part``), then frozen while the rest trains; the
+    weights before the second stage (the linear part alone) are a candidate for the best epoch."""
     gen = seed_everything(seed)
     encoder = encoder_factory() if encoder_factory else None
     model = build_model(model_cfg, encoder).to(train.device)
     if model_cfg.standardize and stats is not None:
         model.scale.set(stats[0].to(train.device), stats[1].to(train.device))
+    if model_cfg.linear_path:
+        if linear_part is None:
+            raise ValueError("a model with a linear part needs the pooled data to train it (linear_part)")
+        lp = linear_part
+        lin = train_seed(seed, lp.cfg, lp.model_cfg, lp.train, lp.evalset, lp.eval_name, label_names,
+                         progress=progress, stats=lp.stats)
+        model.linear.load_state_dict(lin.model.state_dict())
+        model.linear.requires_grad_(False)
+        log.info("%s seed %d: linear part trained (%s F1 micro %.3f); training the temporal part",
+                 cfg.run_name, seed, lp.eval_name, lin.history[-1]["eval_f1_micro"] if lin.history else float("nan"))
+        gen = seed_everything(seed)
     opt = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     scheduler = make_scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
@@ -164,6 +197,9 @@ def train_seed(seed: int, cfg: TrainConfig, model_cfg: ModelConfig, train: Split
         running.zero_()
         running_n = 0
 
+    if model_cfg.linear_path and cfg.keep_best and eval_name == "val":  # epoch 0: the linear part alone
+        m0 = evaluate(model, evalset, label_names, amp=cfg.amp)
+        best.update(loss=m0["loss"], step=0, state={k: v.detach().clone() for k, v in model.state_dict().items()})
     for epoch in range(1, cfg.epochs + 1):
         bar = tqdm(total=steps_per_epoch, desc=f"{cfg.run_name} seed {seed} epoch {epoch}/{cfg.epochs}",
                    unit="step", leave=False, dynamic_ncols=True,
@@ -187,8 +223,9 @@ def train_seed(seed: int, cfg: TrainConfig, model_cfg: ModelConfig, train: Split
         bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-        log.info("%s seed %d: kept the weights of step %d (lowest validation loss %.4f)",
-                 cfg.run_name, seed, best["step"], best["loss"])
+        log.info("%s seed %d: kept the weights of step %d (lowest validation loss %.4f)%s",
+                 cfg.run_name, seed, best["step"], best["loss"],
+                 " (the linear part alone)" if model_cfg.linear_path and best["step"] == 0 else "")
     return SeedResult(seed, history, model, epoch_seconds)
 
 
@@ -236,7 +273,7 @@ def _run_training(store: Store, store_path: str | Path, cfg: TrainConfig, out_di
     save_run(out_dir, cfg, metrics, history=r.history, model_state=r.model.state_dict() if r.model else None,
              model_cfg=r.model_cfg,
              store=store, test_probs=r.probs[0], test_ids=test_ids,
-             extra_files={UNITS_NAME: unit_rows_csv([(0, -1, seed, test_ids, p) for seed, p in enumerate(r.probs)],
+             extra_files={UNITS_NAME: unit_rows_csv([(0, -1, seed, test_ids, p) for seed, p in zip(r.seeds, r.probs)],
                                                     store, label_names)})
     return metrics
 
@@ -246,14 +283,34 @@ class TrainTestResult:
     per_seed: list[dict[str, Any]]  # test metrics of each seed
     history: list[dict[str, Any]]
     probs: list[np.ndarray]  # (V_test, C) per seed
-    model: nn.Module  # seed 0's
+    model: nn.Module  # the first seed's
     model_cfg: Optional[ModelConfig]
+    seeds: list[int] = field(default_factory=lambda: [0])  # the seed of each entry of per_seed and probs
+
+
+SHUFFLE_SEED = 20_240_614  # the one fixed permutation of --shuffle-labels (the same noise for every seed)
+
+
+def _shuffled(data: Optional[SplitData]) -> Optional[SplitData]:
+    """``data`` with its labels permuted (the noise control ``--shuffle-labels``)."""
+    if data is None:
+        return None
+    perm = torch.from_numpy(np.random.default_rng(SHUFFLE_SEED).permutation(len(data))).to(data.y.device)
+    return replace(data, y=data.y[perm])
+
+
+def _concat_pooled(a: SplitData, b: Optional[SplitData]) -> SplitData:
+    if b is None:
+        return a
+    return SplitData(ids=a.ids + b.ids, y=torch.cat([a.y, b.y]), device=a.device,
+                     tensors={"pooled": torch.cat([a.tensors["pooled"], b.tensors["pooled"]])})
 
 
 def _train_and_test(store: Store, cfg: TrainConfig, train_ids: list[str], val_ids: list[str], test_ids: list[str],
                     progress: bool) -> TrainTestResult:
     """Train ``cfg.seeds`` seeds on ``train_ids`` (curves and best epoch on ``val_ids`` when
-    given, else on the test set) and evaluate each on ``test_ids``; baselines just predict."""
+    given, else on ``cfg.holdout`` of the training videos held out when that is > 0, else
+    curves only, on the test set) and evaluate each on ``test_ids``; baselines just predict."""
     label_names = store.label_names
     if cfg.model in BASELINES:
         probs = _baseline(store, cfg, train_ids, test_ids)
@@ -263,28 +320,49 @@ def _train_and_test(store: Store, cfg: TrainConfig, train_ids: list[str], val_id
     need_images = cfg.model == "random-frame" and (cfg.mixup or cfg.finetune)
     load = dict(need_images=need_images, max_frames=cfg.max_frames, memmap=cfg.memmap,
                 memory_budget=cfg.memory_budget_mb * 2**20 if cfg.memory_budget_mb is not None else None)
-    train = load_split_data(store, train_ids, cfg.model, device, **load)
+    fit_ids, held_ids = train_ids, []
+    if not val_ids and cfg.holdout > 0:
+        labels = dict(zip(store.videos.ids, store.videos.labels))
+        fit_ids, held_ids = stratified_holdout(train_ids, [labels[v] for v in train_ids], cfg.holdout)
+        log.info("%s: %d of %d training videos held out as the validation part", cfg.run_name, len(held_ids),
+                 len(train_ids))
+    train = load_split_data(store, fit_ids, cfg.model, device, **load)
     test = load_split_data(store, test_ids, cfg.model, device, **load)
-    evalset, eval_name = (load_split_data(store, val_ids, cfg.model, device, **load), "val") if val_ids else (test, "test")
+    val = load_split_data(store, val_ids, cfg.model, device, **load) if val_ids else None
+    held = load_split_data(store, held_ids, cfg.model, device, **load) if held_ids else None
+    if cfg.shuffle_labels:  # train and validate on noise; the test labels stay the real ones
+        train, val, held = _shuffled(train), _shuffled(val), _shuffled(held)
+    evalset, eval_name = (held, "val") if held is not None else (val, "val") if val is not None else (test, "test")
     T = int(store.videos.n_frames.max()) if cfg.max_frames is None else cfg.max_frames
     model_cfg = ModelConfig(model=cfg.model, dim=int(store.dim), n_classes=len(label_names), max_frames=T,
-                            layers=cfg.layers, finetune=cfg.finetune, standardize=bool(cfg.standardize))
+                            layers=cfg.layers, finetune=cfg.finetune, standardize=bool(cfg.standardize),
+                            linear_path=cfg.linear_part)
     stats = feature_stats(train) if model_cfg.standardize else None
+    linear_part = None
+    if model_cfg.linear_path:  # as --model linear on this split: every training video, the split's val or test
+        lin_train = _concat_pooled(pooled_data(train), pooled_data(held) if held is not None else None)
+        lin_eval = pooled_data(val if val is not None else test)
+        lin_cfg = replace(cfg, model="linear", epochs=cfg.linear_epochs, holdout=0.0)
+        linear_part = LinearPart(lin_cfg, ModelConfig(model="linear", dim=model_cfg.dim, n_classes=model_cfg.n_classes,
+                                                      standardize=model_cfg.standardize),
+                                 lin_train, lin_eval, "val" if val is not None else "test",
+                                 feature_stats(lin_train) if model_cfg.standardize else None)
     encoder_factory = None
     if need_images:
         from encoders.registry import encoder_for_store
         encoder_factory = lambda: encoder_for_store(store.encoder, device=str(device))  # noqa: E731
-    out = TrainTestResult([], [], [], None, model_cfg)
-    for seed in range(cfg.seeds):
+    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+    out = TrainTestResult([], [], [], None, model_cfg, seeds)
+    for seed in seeds:
         r = train_seed(seed, cfg, model_cfg, train, evalset, eval_name, label_names, encoder_factory, progress,
-                       stats=stats)
+                       stats=stats, linear_part=linear_part)
         m = evaluate(r.model, test, label_names, amp=cfg.amp)
         out.probs.append(m.pop("probabilities"))
         m.pop("loss")
         m["epoch_seconds"] = r.epoch_seconds
         out.per_seed.append(m)
         out.history += r.history
-        if seed == 0:
+        if out.model is None:
             out.model = r.model
         log.info("%s seed %d: accuracy %.3f, F1 micro %.3f", cfg.run_name, seed, m["accuracy"], m["f1_micro"])
     return out
@@ -308,7 +386,7 @@ def _run_folds(store: Store, cfg: TrainConfig, out_dir: str | Path, pool_train: 
             log.info("%s: repeat %d fold %d/%d (%d train, %d test)", cfg.run_name, rep, k + 1, cfg.folds,
                      len(train_ids), len(test_ids))
             r = _train_and_test(store, cfg, train_ids, [], test_ids, progress)
-            for seed, (m, p) in enumerate(zip(r.per_seed, r.probs)):
+            for seed, m, p in zip(r.seeds, r.per_seed, r.probs):
                 per_fold.append({"repeat": rep, "fold": k, "seed": seed, **m})
                 units.append((rep, k, seed, test_ids, p))
             history += [{**h, "repeat": rep, "fold": k} for h in r.history]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from classifiers.config import ALL_MODELS, RECIPES, TrainConfig
+from classifiers.config import ALL_MODELS, MEMMAP_CHOICES, RECIPES, TrainConfig, memmap_choice
 from encoders.errors import EXIT_SOME_FAILED
 from encoders.video.sampling import SAMPLING_MODES
 from vstore import Store
@@ -92,6 +92,8 @@ Examples:
   vstore train runs/store --model transformer --seeds 5 --out runs/transformer
   vstore train runs/store --model transformer-reference --recipe reference --out runs/study
   vstore train runs/store --model linear --mixup --folds 5 --repeats 2 --seeds 3 --out runs/lin-mixup-cv
+  vstore train runs/store --model linear --folds 5 --shuffle-labels --out runs/lin-noise
+  vstore train runs/store --model transformer --memmap on --out runs/t-view
   vstore train runs/store --model random-frame --mixup --out runs/rf-mixup
   vstore train runs/store --model knn --k 10 --out runs/knn
   vstore train runs/store --model zero-shot --prompt "a video about {label}" --out runs/zs
@@ -118,7 +120,9 @@ Examples:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=default_of(TrainConfig, "lr"),
               help="Learning rate [default: the recipe's, 1e-3].")
 @click.option("--seeds", type=click.IntRange(min=1), default=default_of(TrainConfig, "seeds"), show_default=True,
-              help="Train with seeds 0..N-1; metrics are mean and std over them.")
+              help="Train with N seeds (from --first-seed); metrics are mean and std over them.")
+@click.option("--first-seed", type=click.IntRange(min=0), default=default_of(TrainConfig, "first_seed"),
+              show_default=True, help="The first seed: runs with different first seeds are independent repeats.")
 @click.option("--folds", type=click.IntRange(min=1), default=default_of(TrainConfig, "folds"), show_default=True,
               help="K >= 2: stratified K-fold cross-validation instead of the stored split; metrics are mean "
                    "and std over folds x seeds, every fold's kept; runs on the same folds can be compared "
@@ -128,6 +132,16 @@ Examples:
 @click.option("--cv-pool", type=click.Choice(["train", "all"]), default=default_of(TrainConfig, "cv_pool"),
               show_default=True, help="Folds over the split's train (+ val) videos, its test part held out; or over "
                                       "all labelled videos.")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=default_of(TrainConfig, "holdout"),
+              help="Without a val split: hold out this fraction of each label's training videos to pick the best "
+                   "epoch [default: the recipe's; default: 0.15 for transformer, 0 for the others].")
+@click.option("--shuffle-labels", is_flag=True,
+              help="A noise control: train on the training labels permuted, test on the real labels (chance "
+                   "level for this model; compare with `vstore report`).")
+@click.option("--memmap", type=click.Choice(list(MEMMAP_CHOICES)),
+              default=memmap_choice(default_of(TrainConfig, "memmap")), show_default=True,
+              help="Sequence models: frames from the store's memory-mapped training view (on), never (off), or "
+                   "only when they exceed the memory budget (auto).")
 @click.option("--eval-every", type=click.IntRange(min=0), default=default_of(TrainConfig, "eval_every"), show_default=True,
               help="Evaluate every N steps (0 = every epoch).")
 @click.option("--device", default=default_of(TrainConfig, "device"), show_default=True,
@@ -143,20 +157,22 @@ Examples:
               help="knn: vote with video mean embeddings or with every frame.")
 @click.option("--prompt", default=default_of(TrainConfig, "prompt"), show_default=True, help="zero-shot prompt.")
 @pass_quiet
-def train_cmd(store, model, out, mixup, alpha, recipe, epochs, batch_size, lr, seeds, folds, repeats, cv_pool,
-              eval_every, device, layers,
+def train_cmd(store, model, out, mixup, alpha, recipe, epochs, batch_size, lr, seeds, first_seed, folds, repeats,
+              cv_pool, holdout, shuffle_labels, memmap, eval_every, device, layers,
               max_frames, finetune, k, level, prompt, quiet):
     """Train a classifier (or run a baseline) on STORE's split; write metrics, curves and model to --out."""
     from classifiers.train import run_training
     cfg = TrainConfig(model=model, mixup=mixup, alpha=alpha, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
-                      seeds=seeds, folds=folds, repeats=repeats, cv_pool=cv_pool,
+                      seeds=seeds, first_seed=first_seed, folds=folds, repeats=repeats, cv_pool=cv_pool,
+                      holdout=holdout, shuffle_labels=shuffle_labels, memmap=MEMMAP_CHOICES[memmap],
                       eval_every=eval_every, device=device, layers=layers, max_frames=max_frames,
                       finetune=finetune, k=k, level=level, prompt=prompt)
     m = run_training(store, cfg, out, progress=not quiet)
     std = lambda key: f" ± {m[key + '_std']:.3f}" if m["seeds"] > 1 or folds > 1 else ""  # noqa: E731
     where = (f"{folds} folds x {repeats} repeat(s) over {m['n_test']} videos" if folds > 1
              else f"{m['n_test']} test videos")
-    click.echo(f"{m['name']}: accuracy {m['accuracy']:.3f}{std('accuracy')}, F1 micro {m['f1_micro']:.3f}"
+    name = m["name"] + (" (shuffled labels)" if shuffle_labels else "")
+    click.echo(f"{name}: accuracy {m['accuracy']:.3f}{std('accuracy')}, F1 micro {m['f1_micro']:.3f}"
                f"{std('f1_micro')}, F1 macro {m['f1_macro']:.3f}{std('f1_macro')} on {where}")
     curves = ", curves.png" if Path(out, "curves.png").exists() else ""
     click.echo(f"wrote {out}/ (metrics.json, history.json, confusion.png{curves}, model.pt)")

@@ -3,6 +3,8 @@
 default recipe converges; the reference study's recipe and architecture stay reproducible."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,32 @@ def test_order_only_sequences_need_the_default_transformer(order_seq_store, tmp_
     assert lin["f1_micro"] <= 0.65, lin["f1_micro"]  # chance: the frame sets are the same
 
 
+def test_default_transformer_learns_order_with_default_settings(order_seq_store, tmp_path):
+    """What a user gets from `vstore train --model transformer` and nothing else: the default
+    recipe (40 epochs, AdamW + cosine, standardised features), the linear part fitted first,
+    15% of the 480 training videos held out to choose the epoch. Measured: 1.000."""
+    m = run_training(order_seq_store, TrainConfig(model="transformer"), tmp_path / "t", progress=False)
+    cfg = m["config"]
+    assert (cfg["epochs"], cfg["holdout"], cfg["recipe"], m["n_train"]) == (40, 0.15, "default", 480)
+    assert m["f1_micro"] >= 0.95, m["f1_micro"]
+
+
+def test_default_transformer_keeps_linear_content_accuracy(content_seq_store, tmp_path):
+    """On content-only data that a linear head does not solve (4 classes, 8 frames, weak class
+    direction: linear ~0.80), the default temporal model loses nothing to mean pooling.
+    5 folds x seed 0, default settings for both, the same folds.
+
+    Tolerance: over 5 folds x 3 seeds on this store the per-fold difference (transformer minus
+    linear) has a standard deviation of 0.023, so the mean of 5 folds has a standard error of
+    ~0.010; 0.02 is two of them. Measured: linear 0.813, transformer 0.823 (+0.010 at seed 0;
+    +0.000 over 3 seeds). The transformer without its linear part (before this design) was
+    0.037 below linear at seed 0 (0.031 over 3 seeds, p 0.02) and fails this check."""
+    lin = run_training(content_seq_store, TrainConfig(model="linear", folds=5), tmp_path / "lin", progress=False)
+    tr = run_training(content_seq_store, TrainConfig(model="transformer", folds=5), tmp_path / "tr", progress=False)
+    assert 0.7 <= lin["f1_micro"] <= 0.9, lin["f1_micro"]  # a store where the comparison means something
+    assert tr["f1_micro"] >= lin["f1_micro"] - 0.02, (tr["f1_micro"], lin["f1_micro"])
+
+
 def test_recipes_resolve_and_are_saved():
     ref = TrainConfig(model="linear", recipe="reference")
     assert (ref.epochs, ref.batch_size, ref.lr, ref.weight_decay, ref.schedule, ref.standardize) == \
@@ -66,27 +94,22 @@ def test_recipes_resolve_and_are_saved():
 
 
 def test_default_linear_converges_to_logistic_regression(content_seq_store, tmp_path):
-    """The default recipe reaches converged (sklearn) logistic regression on the same features
-    and split; the reference recipe may stop short, never above it by more than noise."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
-    from sklearn.preprocessing import StandardScaler
+    """The default recipe's linear head is no worse than converged logistic regression on the
+    same standardised features and folds, within the issue's 0.005; the study's recipe falls
+    short of it (so the check can fail).
 
-    from vstore import Store
-    from vstore.split import load_split
-    with Store.open(content_seq_store) as s:
-        split = load_split(content_seq_store)
-        ids = {p: [v for v in s.videos.ids if split.assignment.get(v) == p] for p in ("train", "test")}
-        xs = {p: s.video_means(ids[p]) for p in ids}
-        ys = {p: s.label_indices(ids[p]) for p in ids}
-    scaler = StandardScaler().fit(xs["train"])
-    lr = LogisticRegression(max_iter=10_000).fit(scaler.transform(xs["train"]), ys["train"])
-    target = f1_score(ys["test"], lr.predict(scaler.transform(xs["test"])), average="micro")
-    default = run_training(content_seq_store, TrainConfig(model="linear"), tmp_path / "d", progress=False)
-    reference = run_training(content_seq_store, TrainConfig(model="linear", recipe="reference"), tmp_path / "r",
-                             progress=False)
-    assert default["f1_micro"] >= target - 0.02, (default["f1_micro"], target)
-    assert default["f1_micro"] >= reference["f1_micro"] - 0.02, (default["f1_micro"], reference["f1_micro"])
+    Why 0.005 holds here: every one of the 300 pooled videos is a test video once (5 folds), so
+    one video is 0.0033 of accuracy, and both models see the same folds (no fold-to-fold noise
+    between them). Measured: logistic regression 0.750, default 0.813, reference 0.727. (On the
+    stored split's 100 test videos alone one video is 0.01: that split could not resolve 0.005.)"""
+    from classifiers.folds import logistic_regression_folds
+    target = float(np.mean(logistic_regression_folds(content_seq_store, 5)))
+    default = run_training(content_seq_store, TrainConfig(model="linear", folds=5), tmp_path / "d", progress=False)
+    reference = run_training(content_seq_store, TrainConfig(model="linear", recipe="reference", folds=5),
+                             tmp_path / "r", progress=False)
+    assert default["accuracy"] >= target - 0.005, (default["accuracy"], target)
+    assert reference["accuracy"] < target - 0.005, (reference["accuracy"], target)  # the study's recipe underfits
+    assert default["accuracy"] > reference["accuracy"]
 
 
 def test_standardisation_is_saved_with_the_model(content_seq_store, tmp_path):
@@ -142,6 +165,60 @@ def test_split_from_given_lists(store_copy, runner, tmp_path):
     assert r.exit_code == 1 and "JSON nested too deeply to be a split list" in r.output, r.output
 
 
+REFERENCE_SPLIT = Path(__file__).parent / "data" / "reference_split"
+
+
+def test_reference_study_split_files(runner, tmp_path):
+    """The reference study's train_config.json / test_config.json as they come ([[id, label], ...],
+    labels as class indices, some ids as YouTube URLs, a video the store lacks, one wrong label;
+    tests/data/reference_split/README.md): URLs are their ids, indices name the store's sorted
+    labels, and only the real problems are reported."""
+    import json
+
+    from classifiers.synthetic import write_sequence_store
+    from cli.main import main
+    from vstore.split import load_split
+    labels = json.loads((REFERENCE_SPLIT / "labels.json").read_text())
+    ids = sorted(labels)
+    names = sorted(set(labels.values()))
+    x = np.random.default_rng(0).standard_normal((len(ids), 2, 4)).astype(np.float32)
+    store = write_sequence_store(tmp_path / "store", x, np.array([names.index(labels[v]) for v in ids]), names,
+                                 test_size=0, ids=ids)
+    r = runner.invoke(main, ["split", str(store), "--from", str(REFERENCE_SPLIT / "train_config.json"),
+                             str(REFERENCE_SPLIT / "test_config.json")])
+    assert r.exit_code == 0, r.output
+    assert "train 24, val 0, test 8 (given by" in r.output
+    assert "1 train id(s) are not in the store (ignored): dQw4w9WgXcQ" in r.output
+    assert "1 label(s) disagree with the store's (the store's are used): _plE-nOA (index 3 = travel vs history)" \
+        in r.output
+    assert "32 label(s) given as integers were read as indices into the store's sorted label names " \
+           "(0=art_music, 1=food, 2=history, 3=travel)" in r.output
+    assert "probably numbers its classes differently" not in r.output
+    split = load_split(store)
+    assert split.assignment["EwyucgqKDuE"] == "train" and split.assignment["Lw7EixBGu60"] == "train"  # the URLs
+    assert split.origin["not_in_store"] == {"train": 1, "test": 0}
+    assert split.origin["label_disagreements"] == 1 and split.origin["index_labels"] == 32
+    # files that number their classes in another order: most indices disagree, and the report says so
+    for part in ("train", "test"):
+        shifted = [[v, (lab + 1) % 4] for v, lab in json.loads((REFERENCE_SPLIT / f"{part}_config.json").read_text())]
+        (tmp_path / f"{part}_shifted.json").write_text(json.dumps(shifted))
+    r = runner.invoke(main, ["split", str(store), "--from", str(tmp_path / "train_shifted.json"),
+                             str(tmp_path / "test_shifted.json")])
+    assert r.exit_code == 0, r.output
+    assert "32 of those 32 disagree with the store's labels: the file probably numbers its classes differently" \
+        in r.output
+    # a store whose label names are themselves integers: integers are compared as text, not as indices
+    digits = write_sequence_store(tmp_path / "digits", x[:8], np.arange(8) % 2, ["1", "7"], test_size=0,
+                                  ids=ids[:8])
+    (tmp_path / "d_train.json").write_text(json.dumps([[v, 1 if i % 2 == 0 else 7] for i, v in enumerate(ids[:6])]))
+    (tmp_path / "d_test.json").write_text(json.dumps([[v, 7] for v in ids[6:8]]))
+    r = runner.invoke(main, ["split", str(digits), "--from", str(tmp_path / "d_train.json"),
+                             str(tmp_path / "d_test.json")])
+    assert r.exit_code == 0, r.output
+    assert "read as indices" not in r.output and f"1 label(s) disagree with the store's (the store's are used): " \
+        f"{ids[6]} (7 vs 1)" in r.output
+
+
 def test_stratified_folds_partition_and_repeat():
     from classifiers.folds import stratified_folds
     ids = [f"v{i}" for i in range(30)]
@@ -165,31 +242,93 @@ def test_paired_bootstrap_known_answers():
     assert noise.ci_low < 0 < noise.ci_high
 
 
-def test_folds_and_paired_report(content_seq_store, runner, tmp_path):
-    """Identical runs: no significant difference; a trained model vs one left at its random
-    initialisation (learning rate ~0): significant. Same folds in every run."""
+def _report_rows(output: str) -> dict[tuple[str, str], list[str]]:
+    """(column A, column B) -> the cells of that paired-comparison row of a report."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == 9 and cells[1].startswith("linear") and cells[3].isdigit():
+            rows[(cells[1], cells[2])] = cells
+    return rows
+
+
+def test_folds_seeds_and_paired_report(content_seq_store, runner, tmp_path):
+    """--folds with --repeats and --seeds: every (repeat, fold, seed) kept, mean and std over all
+    of them. The paired test's unit is the test video (each counted once, whatever the repeats
+    and seeds), on answers known in advance: a model given the labels against the same model
+    given noise (the labels shuffled): significant; two runs that differ only in their seeds,
+    of a model that converges to one solution: not significant, p large; runs on other folds:
+    not paired at all."""
     import json
 
     from cli.main import main
-    common = ["--model", "linear", "--folds", "3", "--repeats", "2", "--epochs", "5", "-q"]
-    for name, extra in (("a", []), ("a2", []), ("untrained", ["--lr", "1e-12"])):
+    # --lr 0.01: the default recipe's 100 epochs then take the linear head close to its optimum,
+    # so a seed changes few predictions (at the default 1e-3, seeds 0-1 vs 2-3 differ by 0.017,
+    # p 0.21: not converged, a real seed effect); measured at 0.01: -0.0025, p 0.70
+    common = ["--model", "linear", "--folds", "3", "--repeats", "2", "--seeds", "2", "--lr", "0.01", "-q"]
+    for name, extra in (("a", []), ("reseeded", ["--first-seed", "2"]), ("noise", ["--shuffle-labels"]),
+                        ("fivefold", ["--folds", "5", "--repeats", "1", "--seeds", "1", "--epochs", "1"])):
         r = runner.invoke(main, ["train", str(content_seq_store), *common, *extra, "--out", str(tmp_path / name)])
         assert r.exit_code == 0, r.output
-    assert "3 folds x 2 repeat(s) over 300 videos" in r.output
+        if name == "a":
+            assert "3 folds x 2 repeat(s) over 300 videos" in r.output
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert len(m["per_fold"]) == 6 and {(f["repeat"], f["fold"]) for f in m["per_fold"]} == \
-        {(r, k) for r in range(2) for k in range(3)}
-    assert m["f1_micro"] == pytest.approx(np.mean([f["f1_micro"] for f in m["per_fold"]]))
+    assert len(m["per_fold"]) == 12 and {(f["repeat"], f["fold"], f["seed"]) for f in m["per_fold"]} == \
+        {(r, k, s) for r in range(2) for k in range(3) for s in range(2)}
+    scores = [f["f1_micro"] for f in m["per_fold"]]
+    assert m["f1_micro"] == pytest.approx(np.mean(scores)) and m["f1_micro_std"] == pytest.approx(np.std(scores))
+    assert m["f1_micro_std"] > 0 and m["n_evaluations"] == 12
+    seeds = {f["seed"] for f in json.loads((tmp_path / "reseeded" / "metrics.json").read_text())["per_fold"]}
+    assert seeds == {2, 3}
     units = (tmp_path / "a" / "test_units.csv").read_text().splitlines()
-    assert len(units) == 1 + 2 * 300  # every train video tested once per repeat, the split's test part held out
-    r = runner.invoke(main, ["report", str(tmp_path / "a"), str(tmp_path / "a2"), str(tmp_path / "untrained")])
+    assert len(units) == 1 + 2 * 2 * 300  # every train video tested once per repeat and seed, the test part held out
+    r = runner.invoke(main, ["report", *(str(tmp_path / n) for n in ("a", "reseeded", "noise", "fivefold"))])
     assert r.exit_code == 0, r.output
-    rows = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line
-            for line in r.output.splitlines() if line.startswith("| linear")}
-    same = next(v for k, v in rows.items() if "[a]" in k and "[a2]" in k)
-    assert "+0.0000" in same and same.rstrip().endswith("| no |")
-    vs_untrained = next(v for k, v in rows.items() if "[a]" in k and "[untrained]" in k)
-    assert vs_untrained.rstrip().endswith("| **yes** |") and "| 600 |" in vs_untrained
+    rows = _report_rows(r.output)
+    reseeded = rows[("linear [a]", "linear [reseeded]")]
+    assert reseeded[3] == "300"  # videos, not 300 x 2 repeats x 2 seeds
+    assert abs(float(reseeded[4])) < 0.01 and float(reseeded[6]) > 0.3 and reseeded[7] == "no", reseeded
+    noise = rows[("linear [a]", "linear (shuffled labels)")]
+    assert float(noise[4]) > 0.3 and noise[7] == "**yes**", noise
+    assert not any("fivefold" in a + b for a, b in rows)  # other folds: not paired on the videos they share
+    assert "**Not compared**" in r.output
+    assert "[fivefold]: the same videos tested in different folds (3 folds x 2 repeat(s), 300 videos vs 5 folds x " \
+           "1 repeat(s), 300 videos)" in r.output
+
+
+def test_cv_pool_all_folds_over_every_labelled_video(content_seq_store, runner, tmp_path):
+    """--cv-pool all: the stored split's test part is folded in (400 videos, not 300)."""
+    import csv
+
+    from cli.main import main
+    from vstore.split import load_split
+    out = tmp_path / "all"
+    r = runner.invoke(main, ["train", str(content_seq_store), "--model", "linear", "--folds", "4", "--cv-pool", "all",
+                             "--epochs", "5", "--out", str(out), "-q"])
+    assert r.exit_code == 0 and "4 folds x 1 repeat(s) over 400 videos" in r.output, r.output
+    with open(out / "test_units.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    tested = {row["id"] for row in rows}
+    held = set(load_split(content_seq_store).ids("test"))
+    assert len(rows) == 400 and len(tested) == 400 and held <= tested
+    assert {row["fold"] for row in rows} == {"0", "1", "2", "3"}
+
+
+def test_paired_units_are_videos(tmp_path):
+    """read_units: a video evaluated in two repeats by two seeds is one unit, its correctness
+    the mean of its four evaluations; layouts differ when a video moves to another fold."""
+    from classifiers.folds import comparable, read_units
+    rows = ["repeat,fold,seed,id,label,predicted",
+            "0,0,0,v1,a,a", "0,0,1,v1,a,b", "1,1,0,v1,a,a", "1,1,1,v1,a,a",
+            "0,1,0,v2,b,a", "0,1,1,v2,b,a", "1,0,0,v2,b,b", "1,0,1,v2,b,a"]
+    (tmp_path / "a.csv").write_text("\n".join(rows) + "\n")
+    u = read_units(tmp_path / "a.csv")
+    assert u.correct == {"v1": 0.75, "v2": 0.25} and u.evaluations == 8
+    moved = [r.replace("1,1,0,v1", "1,0,0,v1").replace("1,1,1,v1", "1,0,1,v1") for r in rows]
+    (tmp_path / "b.csv").write_text("\n".join(moved) + "\n")
+    ok, why = comparable(u, read_units(tmp_path / "b.csv"))
+    assert not ok and "different folds" in why
+    assert comparable(u, read_units(tmp_path / "a.csv")) == (True, "")
 
 
 def test_memory_mapped_training_view(order_seq_store, tmp_path):
