@@ -100,8 +100,9 @@ Examples:
 """)
 @store_argument
 @click.option("--model", type=click.Choice(ALL_MODELS), required=True,
-              help="linear: mean-pooled linear head; transformer: normalised frames + positions + [CLS] + "
-                   "pre-norm encoder layer(s) (sees frame order); transformer-reference: the reference "
+              help="linear: mean-pooled linear head; transformer: the linear model plus a temporal part "
+                   "(normalised frames + positions + [CLS] + pre-norm encoder layer(s): sees frame order), kept "
+                   "where it beats the linear part on held-out videos; transformer-reference: the reference "
                    "study's positions + encoder layer(s) + mean; "
                    "random-frame: one hash-chosen key frame through the image encoder + linear; "
                    "knn / zero-shot: baselines without training.")
@@ -188,9 +189,11 @@ Example:
 def report_cmd(runs, out):
     """Compare runs in one results table (rows: metrics; columns: model x mixup).
 
-    Runs evaluated on the same test videos (the same split, or the same --folds/--repeats on
-    the same store) are also compared pairwise: mean accuracy difference, 95% paired-bootstrap
-    interval and p-value, so a gain can be told from noise.
+    Runs evaluated the same way (the same split, or the same --folds/--repeats on the same
+    store) are also compared pairwise over the test videos (one unit per video, its
+    correctness averaged over seeds and repeats): mean accuracy difference, 95%
+    paired-bootstrap interval and p-value, so a gain can be told from noise. Runs of one store
+    on different folds or splits are listed as not compared.
     """
     from classifiers.report import build_report, write_report
     if out:
