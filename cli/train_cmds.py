@@ -172,8 +172,7 @@ def train_cmd(store, model, out, mixup, alpha, recipe, epochs, batch_size, lr, s
     std = lambda key: f" ± {m[key + '_std']:.3f}" if m["seeds"] > 1 or folds > 1 else ""  # noqa: E731
     where = (f"{folds} folds x {repeats} repeat(s) over {m['n_test']} videos" if folds > 1
              else f"{m['n_test']} test videos")
-    name = m["name"] + (" (shuffled labels)" if shuffle_labels else "")
-    click.echo(f"{name}: accuracy {m['accuracy']:.3f}{std('accuracy')}, F1 micro {m['f1_micro']:.3f}"
+    click.echo(f"{m['name']}: accuracy {m['accuracy']:.3f}{std('accuracy')}, F1 micro {m['f1_micro']:.3f}"
                f"{std('f1_micro')}, F1 macro {m['f1_macro']:.3f}{std('f1_macro')} on {where}")
     curves = ", curves.png" if Path(out, "curves.png").exists() else ""
     click.echo(f"wrote {out}/ (metrics.json, history.json, confusion.png{curves}, model.pt)")

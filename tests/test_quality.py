@@ -272,6 +272,8 @@ def test_folds_seeds_and_paired_report(content_seq_store, runner, tmp_path):
         assert r.exit_code == 0, r.output
         if name == "a":
             assert "3 folds x 2 repeat(s) over 300 videos" in r.output
+        if name == "noise":
+            assert "linear (shuffled labels): accuracy" in r.output, r.output
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert len(m["per_fold"]) == 12 and {(f["repeat"], f["fold"], f["seed"]) for f in m["per_fold"]} == \
         {(r, k, s) for r in range(2) for k in range(3) for s in range(2)}
