@@ -3,9 +3,16 @@ real HDF5 stores). Session-scoped fixtures are read-only; copy them before chang
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
+
+# One OpenMP/torch thread per process (inherited by the servers and CLI runs tests start). The
+# models here are tiny: on an idle 2-core machine two threads train them no faster, and on a
+# busy one their spin-waits made the training tests ~10x slower (373 s against 37 s measured).
+# A test that needs more threads sets OMP_NUM_THREADS for its own subprocess.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from click.testing import CliRunner
