@@ -45,6 +45,7 @@ from bench_sampling import FPS, GEN_VERSION, X264, encode_video
 
 from encoders.build import BuildConfig, build_store
 from encoders.video.sampling import sample_video
+from vstore.raycluster import connect
 
 
 def run(videos: Path, encoder, frames: int, k: int, engine: str) -> float:
@@ -169,7 +170,7 @@ def main() -> None:
     rows, verdicts, results = [], [], {}
     for k in args.workers:
         t = time.perf_counter()
-        ray.init(num_cpus=k + 1, include_dashboard=False, log_to_driver=False)
+        connect(None, k + 1)  # the private Ray `vstore build --engine ray --ray-cpus k+1` starts
         ray_start = time.perf_counter() - t
         cases = {f"{engine} k={k}": (lambda k=k, e=engine: run(videos, encoder, frames, k, e))
                  for engine in ("local", "ray")}
