@@ -38,6 +38,7 @@ from vstore.index_build import build_index
 from vstore.index_load import load_index
 from vstore.index_ray import RayIndexConfig, build_index_ray
 from vstore.labels import load_labels
+from vstore.raycluster import PRIVATE_RAY_SYSTEM_CONFIG
 
 ray = pytest.importorskip("ray")
 if os.environ.get("VSTORE_RAY_NETNS") != "1":  # pragma: no cover - guarded by test_ray.py
@@ -54,10 +55,10 @@ POISON = "poison-"  # a video named so makes the encoder actor raise (see cluste
 @pytest.fixture(scope="session")
 def cluster():
     from ray.cluster_utils import Cluster
-    # Workers at the driver's priority, as a private Ray's (vstore.raycluster.connect): at Ray's
-    # default niceness 15 two busy loops beside this suite slowed it from 148 s to over 1,700 s.
+    # Workers at the driver's priority, as a private Ray's (at Ray's default niceness 15 two busy
+    # loops beside this suite slowed it from 148 s to over 1,700 s).
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                      "_system_config": {"worker_niceness": 0}})
+                                                      "_system_config": PRIVATE_RAY_SYSTEM_CONFIG})
     c.add_node(num_cpus=2)
     c.wait_for_nodes()
 

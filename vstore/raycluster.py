@@ -13,6 +13,12 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
 
+# Ray starts its workers at niceness 15, behind every other process: on a shared machine the
+# build's own decode and encode work then starved (the Ray tests with two busy loops beside
+# them: over 1,700 s, against 148 s at the driver's priority). A private Ray's workers do this
+# command's work, so they run at its priority; a joined cluster keeps its operator's setting.
+PRIVATE_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
+
 
 @dataclass
 class EngineConfig:
@@ -53,12 +59,7 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
                               "logging_level": logging.WARNING, "include_dashboard": False}
     if address is None:
         kwargs["num_cpus"] = num_cpus
-        # Ray starts its workers at niceness 15, behind every other process: on a shared machine
-        # the build's own decode and encode work then starved (the Ray tests with two busy
-        # loops beside them: over 1,700 s, against 148 s at the driver's priority). A private
-        # Ray's workers do this command's work, so they run at its priority; a joined
-        # cluster keeps its operator's setting.
-        kwargs["_system_config"] = {"worker_niceness": 0}
+        kwargs["_system_config"] = PRIVATE_RAY_SYSTEM_CONFIG
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset "starting execution" lines
     try:
         ray.init(**kwargs)
